@@ -1,0 +1,32 @@
+# The two front doors: `make sweep` (the main job) and `make test`. Both bootstrap .venv.
+PY := .venv/bin/python
+SPACE ?= search_spaces/prior.yaml
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv sweep test test-fast bench clean
+
+venv: .venv/.installed
+
+.venv/.installed: requirements-lock.txt pyproject.toml
+	test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+sweep: venv
+	$(PY) -m st_sweeps.tune $(SPACE) $(ARGS)
+
+test: venv
+	bash scripts/browser_deps.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow and not ray and not browser" $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m benchmarks.run_all --quick
+
+clean:
+	rm -rf .venv .pytest_cache .hypothesis

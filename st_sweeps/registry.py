@@ -1,0 +1,73 @@
+"""Registries keyed by the names YAML uses, e.g. ``prior: {name: power_law, k: 1.5}``.
+
+An entry is a frozen dataclass of hyperparameters. ``Registry.build`` turns a YAML mapping into
+an instance, refusing unknown names and unknown fields with a message that lists what exists.
+Validation of values lives in each dataclass's ``__post_init__`` (raising ConfigError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+from st_sweeps.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, type] = {}
+
+    def register(self, name: str) -> Callable[[type], type]:
+        def deco(cls: type) -> type:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name].__qualname__})")
+            if not dataclasses.is_dataclass(cls):
+                raise TypeError(f"{self.kind} {name!r}: registered entries must be dataclasses")
+            self._entries[name] = cls
+            cls.registry_name = name  # type: ignore[attr-defined]
+            return cls
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, field: str = "name") -> type:
+        if name not in self._entries:
+            raise ConfigError(field, f"unknown {self.kind} {name!r}", self.names())
+        return self._entries[name]
+
+    def build(self, spec: Any, field: str) -> T:
+        """Instance from ``{name: ..., **hyperparameters}`` (or a bare name string)."""
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+            return spec  # already built
+        if not isinstance(spec, Mapping):
+            raise ConfigError(field, f"expected a mapping with a 'name' key, got {type(spec).__name__}",
+                              self.names())
+        if "name" not in spec:
+            raise ConfigError(f"{field}.name", f"missing {self.kind} name", self.names())
+        cls = self.get(spec["name"], f"{field}.name")
+        params = {k: v for k, v in spec.items() if k != "name"}
+        from st_sweeps.config import load_dataclass  # local: config imports registries
+
+        try:
+            return load_dataclass(cls, params, field)
+        except ConfigError:
+            raise
+
+
+def to_spec(obj: Any) -> dict[str, Any]:
+    """The YAML mapping that builds ``obj`` again (inverse of ``Registry.build``)."""
+    from st_sweeps.config import to_dict
+
+    out: dict[str, Any] = {"name": obj.registry_name}
+    out.update(to_dict(obj))
+    return out
