@@ -97,7 +97,10 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {value!r}", "a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(path, "number too large for a float", "a finite number") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {value!r}", "a string")
@@ -113,9 +116,9 @@ def load_dataclass(cls: type[D], data: Any, path: str = "") -> D:
         raise ConfigError(path or cls.__name__, f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(_join(path, str(unknown[0])), "unknown key", sorted(fields))
+        raise ConfigError(_join(path, str(unknown[0])), "unknown key", sorted(fields) or "no keys besides 'name'")
     kwargs = {}
     for name, f in fields.items():
         if name in data:

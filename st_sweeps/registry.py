@@ -39,7 +39,7 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def get(self, name: str, field: str = "name") -> type:
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(field, f"unknown {self.kind} {name!r}", self.names())
         return self._entries[name]
 
@@ -48,7 +48,9 @@ class Registry(Generic[T]):
         if isinstance(spec, str):
             spec = {"name": spec}
         if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
-            return spec  # already built
+            if type(spec).__name__ in {c.__name__ for c in self._entries.values()} or type(spec) in self._entries.values():
+                return spec  # already built
+            raise ConfigError(field, f"expected a {self.kind}, got a {type(spec).__name__}", self.names())
         if not isinstance(spec, Mapping):
             raise ConfigError(field, f"expected a mapping with a 'name' key, got {type(spec).__name__}",
                               self.names())
@@ -58,10 +60,7 @@ class Registry(Generic[T]):
         params = {k: v for k, v in spec.items() if k != "name"}
         from st_sweeps.config import load_dataclass  # local: config imports registries
 
-        try:
-            return load_dataclass(cls, params, field)
-        except ConfigError:
-            raise
+        return load_dataclass(cls, params, field)
 
 
 def to_spec(obj: Any) -> dict[str, Any]:

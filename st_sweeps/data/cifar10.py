@@ -1,0 +1,66 @@
+"""CIFAR-10 from the official python release (``cifar-10-python.tar.gz`` extracted).
+
+Layout under the data root: ``cifar-10-batches-py/data_batch_{1..5}`` (train, 50,000 images) and
+``cifar-10-batches-py/test_batch`` (10,000). Each file is a pickled dict whose ``b"data"`` is uint8
+[N, 3072], one row per image: the red, green and blue 32×32 planes, each row-major.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from st_sweeps.data.base import (Dataset, ImageData, Split, check_split, require_files, resolve_data_root,
+                                 validate_image_size)
+from st_sweeps.data.transforms import resize_images
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+
+
+def read_batch(path: Path) -> dict[Any, Any]:
+    """One pickled CIFAR-10 batch (keys are bytes: ``b"data"``, ``b"labels"``, ...)."""
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def batch_images(batch: dict[Any, Any]) -> Tensor:
+    """``b"data"`` uint8 [N, 3072] -> uint8 [N, 3, 32, 32]."""
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+
+
+@Dataset.registry.register("cifar10")
+@dataclass(frozen=True)
+class CIFAR10(Dataset):
+    """CIFAR-10, 32×32 RGB; randomly flipped training batches as in the paper."""
+
+    image_size: int = 32
+    random_flip: bool = True
+
+    def __post_init__(self) -> None:
+        validate_image_size(self.image_size, 32, "CIFAR-10 images are 32×32")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def discrete(self) -> bool:
+        return True
+
+    def load(self, root: Path | None, split: Split) -> ImageData:
+        check_split(split)
+        root = resolve_data_root(root)
+        names = TRAIN_FILES if split == "train" else TEST_FILES
+        paths = [root / FOLDER / n for n in names]
+        require_files("cifar10", root, paths)
+        images = torch.cat([batch_images(read_batch(p)) for p in paths])
+        return ImageData(resize_images(images, self.image_size), discrete=True, name="cifar10")

@@ -1,0 +1,238 @@
+"""Check, and where possible fetch, the real data sets: ``python -m st_sweeps.data.prepare NAME``.
+
+``prepare NAME [--data-root DIR]`` counts the expected files under the data root and prints OK, or
+(for CIFAR-10 and STL-10, which have official archives) downloads the archive with a short network
+timeout, checks its MD5 and extracts it. Where it cannot (no network; CelebA and CelebA-HQ, which
+have no direct download), it exits with status 1 and says exactly which files to put where.
+Exit status: 0 ready, 1 missing or wrong files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+from st_sweeps.data import celeba, cifar10, stl10
+from st_sweeps.data.base import DATA_ROOT_ENV, Dataset, resolve_data_root
+
+DEFAULT_TIMEOUT_S = 5.0
+# The opener used for downloads; tests replace it so they never touch the network.
+urlopen: Callable[..., object] = urllib.request.urlopen
+
+
+@dataclass(frozen=True)
+class ExpectedFile:
+    """A file or folder under the data root and the number of items it must hold."""
+
+    path: str  # relative to the data root
+    count: int
+    counter: Callable[[Path], int]  # items found at the path
+    unit: str = "images"
+    size_bytes: int | None = None  # exact size, where it is fixed
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    filename: str
+    md5: str | None  # as published for the archive (None: not published)
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    files: tuple[ExpectedFile, ...]
+    archives: tuple[Archive, ...] = ()
+    manual: str = ""  # how to obtain the files by hand; {root} is filled in
+
+
+# --- counters ----------------------------------------------------------------------------------
+
+def count_cifar_batch(path: Path) -> int:
+    batch = cifar10.read_batch(path)
+    n = len(batch[b"labels"])
+    if len(batch[b"data"]) != n:
+        raise ValueError(f"{len(batch[b'data'])} images but {n} labels")
+    return n
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def count_jpgs(folder: Path) -> int:
+    return sum(1 for e in os.scandir(folder) if e.name.lower().endswith(".jpg"))
+
+
+def count_images(folder: Path) -> int:
+    return len(celeba.list_images(folder))
+
+
+# --- the official sources ----------------------------------------------------------------------
+
+def _cifar10() -> Source:
+    batches = [*cifar10.TRAIN_FILES, *cifar10.TEST_FILES]
+    return Source(
+        "cifar10",
+        tuple(ExpectedFile(f"{cifar10.FOLDER}/{b}", 10_000, count_cifar_batch) for b in batches),
+        (Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "cifar-10-python.tar.gz",
+                 "c58f30108f718f92721af3b95e74349a", 170_498_071),),
+        "Download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (CIFAR-10 python version, 163 MB, "
+        "MD5 c58f30108f718f92721af3b95e74349a) and extract it in the data root, giving "
+        "{root}/cifar-10-batches-py/data_batch_1 … data_batch_5 and test_batch.")
+
+
+def _stl10() -> Source:
+    counts = {"train_X.bin": 5_000, "unlabeled_X.bin": 100_000, "test_X.bin": 8_000}
+    return Source(
+        "stl10",
+        tuple(ExpectedFile(f"{stl10.FOLDER}/{name}", n, stl10.image_count, size_bytes=n * stl10.BYTES_PER_IMAGE)
+              for name, n in counts.items()),
+        # MD5 as listed by torchvision's STL10 loader; the Stanford page publishes none.
+        (Archive("http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz", "stl10_binary.tar.gz",
+                 "91f7769df0f17e558f3565bffb0c7dfb"),),
+        "Download http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz (2.5 GB, "
+        "MD5 91f7769df0f17e558f3565bffb0c7dfb) and extract it in the data root, giving "
+        "{root}/stl10_binary/train_X.bin (138,240,000 bytes), unlabeled_X.bin (2,764,800,000 bytes) "
+        "and test_X.bin (221,184,000 bytes).")
+
+
+def _celeba() -> Source:
+    return Source(
+        "celeba",
+        (ExpectedFile(celeba.CELEBA_IMAGES, 202_599, count_jpgs),
+         ExpectedFile(celeba.CELEBA_PARTITION, 202_599, count_lines, unit="lines")),
+        (),
+        "CelebA has no direct download (it is on Google Drive, behind a confirmation page): from "
+        "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html follow 'Align&Cropped Images', download "
+        "Img/img_align_celeba.zip and Eval/list_eval_partition.txt, then unzip so that "
+        "{root}/celeba/img_align_celeba/000001.jpg … 202599.jpg (178×218 JPEGs) and "
+        "{root}/celeba/list_eval_partition.txt exist (partitions: 162,770 train, 19,867 valid, 19,962 test).")
+
+
+def _celebahq() -> Source:
+    return Source(
+        "celebahq",
+        (ExpectedFile(celeba.CELEBAHQ_FOLDER, 30_000, count_images),),
+        (),
+        "CelebA-HQ has no official single-file download: build the 30,000 images with the Progressive "
+        "GAN dataset tool (CelebA plus the published deltas) or use a 256×256 (or larger) export, and put "
+        "them as {root}/celebahq/*.png (or .jpg) directly in that folder. Sorted by file name, the last 10% "
+        "are the test split.")
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (_cifar10(), _stl10(), _celeba(), _celebahq())}
+
+
+# --- checking and fetching ---------------------------------------------------------------------
+
+def check(source: Source, root: Path) -> tuple[list[str], list[str]]:
+    """(ok lines, problem lines) for every expected file of ``source`` under ``root``."""
+    ok: list[str] = []
+    problems: list[str] = []
+    for f in source.files:
+        path = root / f.path
+        if not path.exists():
+            problems.append(f"missing  {path}")
+            continue
+        if f.size_bytes is not None and path.is_file() and path.stat().st_size != f.size_bytes:
+            problems.append(f"wrong size  {path}: {path.stat().st_size} bytes, expected {f.size_bytes}")
+            continue
+        try:
+            n = f.counter(path)
+        except Exception as e:  # an unreadable file is a finding to report, not a crash
+            problems.append(f"unreadable  {path}: {type(e).__name__}: {e}")
+            continue
+        if n != f.count:
+            problems.append(f"wrong count  {path}: {n} {f.unit}, expected {f.count}")
+        else:
+            ok.append(f"OK  {path}: {n} {f.unit}")
+    return ok, problems
+
+
+def all_missing(source: Source, root: Path) -> bool:
+    return not any((root / f.path).exists() for f in source.files)
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(archive: Archive, root: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Download ``archive`` into ``root`` (via a .part file), check its MD5, extract it, remove it."""
+    root.mkdir(parents=True, exist_ok=True)
+    part = root / (archive.filename + ".part")
+    try:
+        with urlopen(archive.url, timeout=timeout_s) as resp, open(part, "wb") as out:  # type: ignore[attr-defined]
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+        if archive.md5 is not None and (got := _md5(part)) != archive.md5:
+            raise ValueError(f"{archive.url}: MD5 {got}, expected {archive.md5}")
+        with tarfile.open(part) as tar:
+            tar.extractall(root, filter="data")
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _instructions(source: Source, root: Path) -> str:
+    return source.manual.format(root=root)
+
+
+def prepare(name: str, root: Path, *, download: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S,
+            out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Check (and maybe fetch) data set ``name`` under ``root``; 0 when ready, 1 otherwise."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    if name not in SOURCES:
+        print(f"{name}: nothing to prepare (bundled with scikit-learn or generated on the fly)", file=out)
+        return 0
+    source = SOURCES[name]
+    ok, problems = check(source, root)
+    if problems and download and source.archives and all_missing(source, root):
+        for archive in source.archives:
+            print(f"{name}: downloading {archive.url} (timeout {timeout_s:g} s) …", file=out)
+            try:
+                fetch(archive, root, timeout_s)
+            except (OSError, ValueError, tarfile.TarError) as e:  # URLError and timeouts are OSErrors
+                print(f"{name}: download failed: {type(e).__name__}: {e}", file=err)
+                break
+        else:
+            ok, problems = check(source, root)
+    for line in ok:
+        print(line, file=out)
+    if not problems:
+        print(f"{name}: OK, ready under {root}", file=out)
+        return 0
+    for line in problems:
+        print(line, file=err)
+    print(f"{name}: not ready under {root}.\n{_instructions(source, root)}\n"
+          f"Then run again: python -m st_sweeps.data.prepare {name} --data-root {root}", file=err)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m st_sweeps.data.prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("name", choices=Dataset.registry.names(), help="data set")
+    parser.add_argument("--data-root", default=None,
+                        help=f"data root (default: ${DATA_ROOT_ENV}, else ~/.cache/st_sweeps/data)")
+    parser.add_argument("--no-download", action="store_true", help="only check; never touch the network")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="network timeout in seconds")
+    args = parser.parse_args(argv)
+    return prepare(args.name, resolve_data_root(args.data_root), download=not args.no_download,
+                   timeout_s=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

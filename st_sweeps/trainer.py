@@ -1,0 +1,384 @@
+"""The standalone trainer: the paper's training procedure on one process (or one DDP rank).
+
+Split into build / step / evaluate / checkpoint. Every random draw is derived from
+(seed, step, stream) — τ from (seed, step), each chunk's data order, noise, flips and dropout
+from (seed, step, global chunk index) — so a resumed run is bit-identical to an uninterrupted
+one, and N workers with the same global batch and chunk size see exactly the same examples and
+noise as one worker accumulating N chunks.
+
+Imports neither ray nor mlflow: wrappers plug in through ``wrap_model``, ``tracker`` and
+``on_evaluation``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from st_sweeps import checkpoint as ckpt
+from st_sweeps import dist
+from st_sweeps.config import to_dict
+from st_sweeps.data import ImageData
+from st_sweeps.data.transforms import to_model_space
+from st_sweeps.diagnostics import LossByTime
+from st_sweeps.ema import EMA
+from st_sweeps.errors import ConfigError
+from st_sweeps.experiment import ExperimentConfig, config_params, config_yaml
+from st_sweeps.networks import ScoreModel
+from st_sweeps.seeding import derive_seed, generator
+from st_sweeps.tracking import JsonlTracker, MultiTracker, NullTracker, Tracker
+
+Reporter = Callable[[int, dict[str, float], "Path | None"], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    def __init__(self, step: int, last_finite: float | None, last_finite_step: int | None, run_dir: Path):
+        self.step = step
+        where = (f"last finite loss {last_finite:.6g} at step {last_finite_step}"
+                 if last_finite is not None else "no finite loss before it")
+        super().__init__(f"non-finite loss at step {step} ({where}); the run stopped before the optimiser "
+                         f"step, and checkpoints in {run_dir / 'checkpoints'} are untouched")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def diagnostics(self) -> Path:
+        return self.root / "diagnostics"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=generator(seed, "epoch", epoch))
+
+
+def global_indices(seed: int, n: int, start: int, count: int) -> torch.Tensor:
+    """Data indices for global example positions [start, start + count): each epoch is a fresh
+    permutation derived from (seed, epoch), so the order depends on nothing but the position."""
+    out = []
+    pos = start
+    while pos < start + count:
+        epoch, offset = divmod(pos, n)
+        take = min(n - offset, start + count - pos)
+        out.append(epoch_permutation(seed, epoch, n)[offset:offset + take])
+        pos += take
+    return torch.cat(out)
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, device: str | None = None,
+                 data_root: str | Path | None = None, tracker: Tracker | None = None,
+                 wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+                 on_evaluation: Reporter | None = None, progress: bool = True,
+                 evaluate_fn: Callable[..., dict[str, float]] | None = None):
+        self.config = config
+        self.paths = RunPaths(Path(run_dir))
+        self.device = select_device(device)
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.progress = progress and self.rank == 0
+        self.on_evaluation = on_evaluation
+        self._evaluate_fn = evaluate_fn
+        chunk = config.train.micro_batch_size or config.train.batch_size // self.world
+        n_chunks = config.train.batch_size // max(chunk, 1)
+        if chunk < 1 or config.train.batch_size % chunk or n_chunks % self.world:
+            raise ConfigError("train.micro_batch_size",
+                              f"batch_size={config.train.batch_size} cannot be split into equal chunks over "
+                              f"{self.world} workers", "a chunk size whose chunk count is a multiple of the workers")
+        self.chunk_size, self.n_chunks = chunk, n_chunks
+        trackers: list[Tracker] = [tracker or NullTracker()]
+        if self.rank == 0:
+            trackers.append(JsonlTracker(self.paths.metrics))
+        self.tracker: Tracker = MultiTracker(*trackers)
+
+        self.train_data, self.test_data = self._load_data(data_root)
+        self.model = self._build_model().to(self.device)
+        self.ema = EMA(self.model, config.optim.ema_decay)
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self._autocast_dtype() == torch.float16)
+        self.net = wrap_model(self.model) if wrap_model else self.model
+        self.diagnostics = LossByTime(config.truncation.eps, config.sde.T, config.train.diagnostics_bins)
+        self.terminal_prior = self._fit_terminal_prior()
+        self.step = 0
+        self.last_finite: tuple[int, float] | None = None
+
+    # ------------------------------------------------------------------ build
+    def _load_data(self, data_root: str | Path | None) -> tuple[ImageData, ImageData]:
+        ds = self.config.data.dataset
+        root = Path(data_root) if data_root else None
+        return ds.load(root, "train"), ds.load(root, "test")
+
+    def _build_model(self) -> ScoreModel:
+        net = self.config.model.network.build(tuple(self.train_data.shape), generator=generator(self.config.seed, "init"))
+        model = ScoreModel(net, self.config.sde, self.config.model.time_input, eps=self.config.truncation.eps)
+        if self.config.train.channels_last and len(self.train_data.shape) == 3:
+            model = model.to(memory_format=torch.channels_last)
+        if self.config.train.compile:
+            model.net = torch.compile(model.net)  # type: ignore[assignment]
+        return model
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        o = self.config.optim
+        cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return cls(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        p = self.config.train.precision
+        if p == "fp32" or self.device.type != "cuda":
+            return None
+        return torch.bfloat16 if p == "bf16" else torch.float16
+
+    def _fit_terminal_prior(self) -> Any:
+        n = min(len(self.train_data.images), 4096)
+        x0 = self._to_model_space(self.train_data.images[:n], generator(self.config.seed, "terminal_prior"))
+        return self.config.terminal_prior.fit(self.config.sde, x0, generator(self.config.seed, "terminal_prior_fit"))
+
+    # ------------------------------------------------------------------ data
+    def _to_model_space(self, raw: torch.Tensor, gen: torch.Generator, train: bool = True) -> torch.Tensor:
+        d = self.config.data
+        flip = train and bool(getattr(d.dataset, "random_flip", False))
+        return to_model_space(raw, gen, centered=d.centered, flip=flip, dequantize=d.dequantize and train)
+
+    def _chunk_batch(self, step: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Generator]:
+        cfg = self.config
+        gen = generator(cfg.seed, "chunk", step, chunk)
+        n = len(self.train_data.images)
+        start = step * cfg.train.batch_size + chunk * self.chunk_size
+        idx = global_indices(cfg.seed, n, start, self.chunk_size)
+        x0 = self._to_model_space(self.train_data.images[idx], gen)
+        ref = None
+        n_ref = cfg.objective.reference_batch_size
+        if n_ref:
+            ref_idx = torch.randint(n, (n_ref,), generator=gen)
+            ref = self._to_model_space(self.train_data.images[ref_idx], gen).to(self.device)
+        x0 = x0.to(self.device)
+        if cfg.train.channels_last and x0.ndim == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        return x0, ref, gen
+
+    # ------------------------------------------------------------------ step
+    def lr_at(self, step: int) -> float:
+        o = self.config.optim
+        return o.lr * min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
+
+    def train_step(self) -> dict[str, float]:
+        cfg, step = self.config, self.step
+        tau = cfg.truncation.prior.sample(cfg.truncation.eps, cfg.sde.T, generator(cfg.seed, "tau", step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        my_chunks = range(self.rank, self.n_chunks, self.world)
+        scale = self.chunk_size * self.world / cfg.train.batch_size  # DDP averages over ranks
+        total = 0.0
+        amp = self._autocast_dtype()
+        for i, chunk in enumerate(my_chunks):
+            x0, ref, gen = self._chunk_batch(step, chunk)
+            torch.manual_seed(derive_seed(cfg.seed, "dropout", step, chunk))
+            times: list[torch.Tensor] = []
+
+            def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                times.append(t.detach())
+                return self.net(x, t)
+
+            sync = contextlib.nullcontext() if i == len(my_chunks) - 1 or not hasattr(self.net, "no_sync") \
+                else self.net.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                    per_example = cfg.objective.loss(cfg.sde, score_fn, x0, tau, gen, reference=ref)
+                loss = per_example.float().mean()
+                self.scaler.scale(loss * scale).backward()
+            total += float(loss.detach()) * self.chunk_size / (cfg.train.batch_size / self.world)
+            self.diagnostics.add(torch.cat(times), per_example.detach().float())
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.optim.grad_clip_norm or math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        # with fp16 loss scaling an infinite gradient only means "skip this step and lower the
+        # scale"; a non-finite loss, or a non-finite gradient without scaling, is divergence
+        if not math.isfinite(total) or (not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
+            last = self.last_finite
+            raise NonFiniteLossError(step, last[1] if last else None, last[0] if last else None, self.paths.root)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update(self.model)
+        self.last_finite = (step, total)
+        self.step += 1
+        return {"train/loss": total, "train/tau": float(tau), "train/lr": self.lr_at(step),
+                "train/grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": to_dict(self.config),
+            "last_finite": list(self.last_finite) if self.last_finite else None,
+            "diagnostics": self.diagnostics.state_dict(),
+            "terminal_prior": self.terminal_prior.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved, current = state["config"], to_dict(self.config)
+        if saved != current:
+            diff = sorted(k for k in set(_flat(saved)) | set(_flat(current))
+                          if _flat(saved).get(k) != _flat(current).get(k))
+            raise ConfigError("config", f"the checkpoint was written by a different config (differs at {', '.join(diff[:8])}); "
+                              "use a new run directory, or the config the run started with")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.last_finite = tuple(state["last_finite"]) if state["last_finite"] else None  # type: ignore[assignment]
+        self.diagnostics.load_state_dict(state["diagnostics"])
+        torch.set_rng_state(state["rng"]["torch"])
+        _set_numpy_state(state["rng"]["numpy"])
+        _set_python_state(state["rng"]["python"])
+
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 writes; the others wait, so no rank runs ahead of a half-written file."""
+        path = None
+        if self.rank == 0:
+            path = ckpt.save_atomic(self.state_dict(), ckpt.checkpoint_path(self.paths.checkpoints, self.step))
+            ckpt.prune(self.paths.checkpoints, self.config.train.keep_checkpoints)
+        dist.barrier()
+        return path
+
+    def resume_if_possible(self, path: str | Path | None = None) -> bool:
+        path = Path(path) if path else ckpt.latest_checkpoint(self.paths.checkpoints)
+        if path is None:
+            return False
+        self.load_state_dict(ckpt.load(path, self.device))
+        return True
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self) -> dict[str, float]:
+        from st_sweeps.evaluate import evaluate_model
+
+        fn = self._evaluate_fn or evaluate_model
+        metrics = fn(self.config, self.ema.shadow, self.train_data, self.test_data, self.terminal_prior,
+                     step=self.step, device=self.device, out_dir=self.paths.root, tracker=self.tracker)
+        self.diagnostics.save(self.paths.diagnostics, self.step, tracker=self.tracker if self.rank == 0 else None)
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+    def write_run_files(self) -> None:
+        if self.rank != 0:
+            return
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.paths.config.write_text(config_yaml(self.config))
+        self.tracker.log_params(config_params(self.config))
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.config.train
+        self.write_run_files()
+        resumed = self.resume_if_possible()
+        if resumed and self.rank == 0:
+            self.tracker.set_tags({"resumed_from_step": str(self.step)})
+        bar = _progress(self.progress, cfg.steps, self.step)
+        window_loss, window_steps, t_window = 0.0, 0, time.perf_counter()
+        final: dict[str, float] = {}
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            window_loss += metrics["train/loss"]
+            window_steps += 1
+            step = self.step
+            if step % cfg.log_every_steps == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - t_window
+                logged = dist.all_reduce_mean({**metrics, "train/loss": window_loss / window_steps}, self.device)
+                logged["perf/steps_per_s"] = window_steps / max(elapsed, 1e-9)
+                logged["perf/images_per_s"] = logged["perf/steps_per_s"] * self.config.train.batch_size
+                if self.rank == 0:
+                    self.tracker.log_metrics(logged, step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{logged['train/loss']:.4g}", it_s=f"{logged['perf/steps_per_s']:.2f}")
+                window_loss, window_steps, t_window = 0.0, 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            is_eval = step == cfg.steps or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
+            is_ckpt = is_eval or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0)
+            if is_ckpt and not is_eval:
+                self.save_checkpoint()
+            if is_eval:
+                final = self.evaluate()
+                if self.rank == 0:
+                    self.tracker.log_metrics(final, step)
+                path = self.save_checkpoint()
+                if self.on_evaluation is not None:
+                    self.on_evaluation(step, dict(final), path)
+        if bar is not None:
+            bar.close()
+        return final
+
+
+def _flat(d: Mapping[str, Any]) -> dict[str, Any]:
+    from st_sweeps.config import flatten
+
+    return flatten(d)
+
+
+def _progress(enabled: bool, total: int, initial: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_state(s: Mapping[str, Any]) -> None:
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
+
+
+def _python_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_state(s: list[Any]) -> None:
+    random.setstate((s[0], tuple(s[1]), s[2]))
+
+
+def train(config: ExperimentConfig, run_dir: str | Path, **kwargs: Any) -> dict[str, float]:
+    """Train (resuming from ``run_dir`` if it holds a checkpoint) and return the last evaluation."""
+    return Trainer(config, run_dir, **kwargs).fit()
