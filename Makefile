@@ -20,7 +20,7 @@ sweep: venv
 
 test: venv
 	bash scripts/browser_deps.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not ray and not browser" $(PYTEST_ARGS)

@@ -53,7 +53,26 @@ def likelihood_metrics(config: ExperimentConfig, model: nn.Module, test_data: Im
                                  n_probes=ev.nll_probes, n_repeats=ev.nelbo_repeats)
     nelbo = nelbo_bits_per_dim(model, config.sde, x0, lik_nelbo,
                                generator=generator(config.seed, "eval", "nelbo", dist.rank()), **common)
-    return dist.all_reduce_mean({**nll.as_metrics(), **nelbo.as_metrics()}, device)
+    return combine_over_ranks({**nll.as_metrics(), **nelbo.as_metrics()}, device)
+
+
+def combine_over_ranks(local: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Global figures from equal-sized shards: means average; a standard error of a mean over
+    W equal shards is sqrt(mean(se_r²) / W); example counts add up."""
+    w = dist.world_size()
+    squared = {k: (v * v if k.endswith("_stderr") else v) for k, v in local.items()}
+    mean = dist.all_reduce_mean(squared, device)
+    out = {}
+    for k, v in mean.items():
+        if v != v:  # NaN: undefined (e.g. a spread over one repeat); a missing value, not a number
+            continue
+        if k.endswith("_stderr"):
+            out[k] = (v / w) ** 0.5
+        elif k.endswith("_examples"):
+            out[k] = v * w
+        else:
+            out[k] = v
+    return out
 
 
 def draw_samples(config: ExperimentConfig, model: nn.Module, shape: tuple[int, ...], terminal_prior: Any,
@@ -85,7 +104,7 @@ def inception_weights_path() -> str | None:
 
 def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, train_data: ImageData,
                            out_dir: Path, step: int, tracker: Any) -> dict[str, float]:
-    from st_sweeps.fid import compute_fid, pixel_frechet_distance, reference_stats
+    from st_sweeps.fid import compute_fid, missing_weights_message, pixel_frechet_distance, reference_stats
 
     want = config.eval.sample_quality
     metrics: dict[str, float] = {}
@@ -103,14 +122,27 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
         else:
             cache = Path(os.environ.get(FID_CACHE_ENV) or Path.home() / ".cache" / "st_sweeps" / "fid")
             weights = inception_weights_path()
-            stats = reference_stats(ref, cache, key=f"{train_data.name}-train-{tuple(ref.shape[1:])}",
-                                    weights_path=weights)
-            fid = compute_fid(gen_u8, stats, weights_path=weights)
-            if fid.value is None:
-                tracker.set_tags({"eval/fid_missing_reason": fid.missing_reason})
+            missing = missing_weights_message(weights)
+            if missing is not None:  # recorded as missing, with the how-to; never a number
+                tracker.set_tags({"eval/fid_missing_reason": missing})
+                _warn_once(missing)
             else:
-                metrics["eval/fid"] = float(fid.value)
+                stats = reference_stats(ref, cache, key=f"{train_data.name}-train", weights_path=weights)
+                fid = compute_fid(gen_u8, stats, weights_path=weights)
+                if fid.value is None:
+                    tracker.set_tags({"eval/fid_missing_reason": fid.missing_reason})
+                else:
+                    metrics["eval/fid"] = float(fid.value)
     return metrics
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"[st_sweeps] {message}", flush=True)
 
 
 def save_samples(samples: torch.Tensor, discrete: bool, centered: bool, out_dir: Path, step: int, tracker: Any) -> None:
