@@ -123,6 +123,8 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
             cache = Path(os.environ.get(FID_CACHE_ENV) or Path.home() / ".cache" / "st_sweeps" / "fid")
             weights = inception_weights_path()
             missing = missing_weights_message(weights)
+            if missing is not None:
+                missing += f" For st_sweeps runs, setting {INCEPTION_WEIGHTS_ENV}=/path/to/that/file also works."
             if missing is not None:  # recorded as missing, with the how-to; never a number
                 tracker.set_tags({"eval/fid_missing_reason": missing})
                 _warn_once(missing)
