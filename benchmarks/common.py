@@ -1,0 +1,242 @@
+"""What the benchmarks share: run sizes, threads, interleaved timing, memory readings, the machine
+description, Markdown tables, and appending a section to RESULTS.md.
+
+Every benchmark is a ratio against a plain baseline measured in the same run, on the same
+machine, interleaved with it (so that a neighbour's load hits both alike), and reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+MODES = ("smoke", "quick", "full")
+
+
+# ----------------------------------------------------------------------------------- arguments
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """--smoke / --quick (default: full), --threads, --append [FILE]."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the size `make bench` runs (a few minutes on 2 CPU cores)")
+    size.add_argument("--smoke", action="store_true",
+                      help="the smallest run that still prints the table (tests); its figures mean little")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in this process (default 1: two OpenMP threads on two shared cores "
+                             "spin-wait against anything else running, measured 10-30x slower)")
+    parser.add_argument("--append", nargs="?", type=Path, const=RESULTS, default=None, metavar="FILE",
+                        help=f"append the section to FILE (default {RESULTS.relative_to(REPO)})")
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    return "smoke" if args.smoke else "quick" if args.quick else "full"
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)  # for subprocesses started from here
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The exact command that reproduces this run (module form, repo root as working directory)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", "-m", module, *map(shlex.quote, args)])
+
+
+# ----------------------------------------------------------------------------------- timing
+def interleaved(arms: dict[str, Callable[[], float]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run every arm ``warmup + reps`` times, the order rotated each round (A B C, B C A, ...),
+    so slow drifts and a neighbour's bursts spread over all arms. Each arm returns the seconds
+    it wants counted (setup outside its timed region is not). Warm-up rounds are dropped."""
+    names = list(arms)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            seconds = arms[name]()
+            if r >= warmup:
+                out[name].append(seconds)
+    return out
+
+
+def median(xs: Iterable[float]) -> float:
+    return statistics.median(list(xs))
+
+
+def rel_spread(xs: Sequence[float]) -> float:
+    """(max − min) / median: how much the repetitions disagree."""
+    m = median(xs)
+    return (max(xs) - min(xs)) / m if m else float("nan")
+
+
+class Stopwatch:
+    def __enter__(self) -> "Stopwatch":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+# ----------------------------------------------------------------------------------- memory
+def _status_kib(field: str, pid: int | str = "self") -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def rss_mib(pid: int | str = "self") -> float | None:
+    kib = _status_kib("VmRSS", pid)
+    return kib / 1024 if kib is not None else None
+
+
+def peak_rss_mib(pid: int | str = "self") -> float | None:
+    """VmHWM: the process's peak resident set size (since start or the last reset)."""
+    kib = _status_kib("VmHWM", pid)
+    return kib / 1024 if kib is not None else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        return int(m.group(1)) / 2**20 if m else None
+    except OSError:
+        return None
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def _git() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "-"
+    except (OSError, subprocess.SubprocessError):
+        return "-"
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine_description(threads: int) -> dict[str, str]:
+    cores = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    mem = _mem_total_gib()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "machine": (f"{_cpu_model()}, {usable} of {cores} logical cores usable, "
+                    f"{mem:.0f} GiB RAM" if mem else f"{_cpu_model()}, {usable} cores")
+                   + f", GPU: {gpu_name() or 'none'}",
+        "load": f"load average {load[0]:.1f} at start (other jobs share the cores)",
+        "threads": f"{threads} torch thread(s) in the benchmark process",
+        "versions": (f"Python {platform.python_version()}, torch {_version('torch')}, ray {_version('ray')}, "
+                     f"optuna {_version('optuna')}, mlflow {_version('mlflow')}, numpy {_version('numpy')}"),
+        "commit": _git(),
+    }
+
+
+# ----------------------------------------------------------------------------------- output
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Section:
+    """One benchmark's output: a Markdown section with its provenance."""
+
+    title: str
+    command: str
+    threads: int
+    table: str
+    notes: Sequence[str] = ()
+    mode: str = "full"
+
+    def render(self) -> str:
+        info = machine_description(self.threads)
+        head = [f"### {self.title} ({self.mode})", "",
+                f"- date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+                f"- machine: {info['machine']}; {info['load']}",
+                f"- threads: {info['threads']}",
+                f"- versions: {info['versions']}; st_sweeps at {info['commit']}",
+                f"- command: `{self.command}`", ""]
+        tail = [""] + [f"{n}" for n in self.notes] if self.notes else []
+        return "\n".join(head + [self.table] + tail) + "\n"
+
+
+def emit(section: Section, append: Path | None) -> str:
+    text = section.render()
+    print(text, flush=True)
+    if append is not None:
+        append.parent.mkdir(parents=True, exist_ok=True)
+        with append.open("a") as f:
+            f.write("\n" + text)
+    return text
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or x != x:
+        return "–"
+    return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{x:+.1f} %"
+
+
+def python_env() -> dict[str, str]:
+    """Environment for benchmark subprocesses: this checkout importable, one OpenMP thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env

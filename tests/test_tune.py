@@ -1,0 +1,202 @@
+"""The sweep end to end, through the CLI: a tiny sweep interrupted (SIGINT once two trials are
+done) and resumed with --resume. Checks: the finished trials are neither lost nor re-run, one
+MLflow run per trial under one parent, the ranked table and best_config.yaml, and trials ASHA
+stopped are PRUNED in the Optuna study.
+
+The space makes pruning certain: the random searcher (seed 6) draws lr 3e-3, 1e-7, 3e-3, 3e-3,
+and trials run one at a time, so the second (barely trained: NLL ≈ 15.6 bits/dim against ≈ 11.7
+after 10 steps) is below the median of its rung when it reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from st_sweeps.experiment import load_experiment
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIALS = 4
+
+SWEEP = {
+    "base": {
+        "seed": 0,
+        "data": {"dataset": {"name": "digits"}},
+        "model": {"network": {"name": "ddpmpp", "channels": 8, "channel_multipliers": [1, 2],
+                              "blocks_per_resolution": 1, "attention_resolutions": [], "dropout": 0.0}},
+        "optim": {"lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.5},
+        "train": {"steps": 20, "batch_size": 16, "eval_every_steps": 10, "log_every_steps": 5},
+        "eval": {"nll_examples": 8, "nll_rtol": 1e-3, "nll_atol": 1e-3, "nelbo_repeats": 1, "num_samples": 4,
+                 "sampler": "euler_maruyama", "sampler_steps": 10, "sample_quality": "none"},
+    },
+    "space": {
+        "optim.lr": {"type": "categorical", "choices": [3e-3, 1e-7]},
+        "truncation.eps": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+    },
+    "objectives": [{"metric": "eval/nll_bpd", "mode": "min"}],
+    "searcher": {"name": "random", "seed": 6},
+    "scheduler": {"name": "asha", "grace_period": 10, "reduction_factor": 2},
+    "trials": TRIALS,
+    "max_concurrent": 1,
+    "resources": {"cpus": 1},
+    "mlflow": {"experiment": "test-sweep"},
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _cli(work: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "st_sweeps.tune", str(work / "tiny.yaml"), "--name", "tiny", *extra]
+
+
+def _done_trials(sweep_dir: Path) -> dict[str, list[str]]:
+    """Trials whose result.json holds their final result (Tune marks it done)."""
+    out = {}
+    for f in sweep_dir.glob("trial_*/result.json"):
+        lines = f.read_text().splitlines()
+        if any(json.loads(line).get("done") for line in lines if line.strip()):
+            out[f.parent.name] = lines
+    return out
+
+
+def test_sweep_interrupt_resume_report_mlflow_optuna(tmp_path: Path) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
+    sweep_dir = tmp_path / "ray_results" / "tiny"
+    t0 = time.monotonic()
+
+    # 1. start, and interrupt with SIGINT (Ctrl-C) once two trials are done
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(_cli(tmp_path), cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while len(_done_trials(sweep_dir)) < 2:
+                assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() - t0 < 240, "two trials did not finish in 240 s"
+                time.sleep(1)
+            before = _done_trials(sweep_dir)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    first = (tmp_path / "first.log").read_text()
+    assert code == 130, first[-3000:]  # interrupted, with trials left to run
+    assert "--resume --name tiny" in first
+
+    # 2. resume: the same command with --resume
+    second = subprocess.run(_cli(tmp_path, "--resume"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
+    print(f"interrupt + resume took {time.monotonic() - t0:.0f} s")
+
+    # finished trials were kept as they were: same results, not trained again
+    after = _done_trials(sweep_dir)
+    assert len(after) == TRIALS
+    for trial, lines in before.items():
+        assert after[trial] == lines, f"{trial} was run again"
+
+    # the ranked table, and the best config as a ready-to-run experiment
+    out = second.stdout
+    assert "rank  trial" in out and "eval/nll_bpd (min)" in out
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit() and ("completed" in line or "pruned" in line)]
+    assert len(rows) == TRIALS and [int(r[0]) for r in rows] == list(range(1, TRIALS + 1))
+    report_dir = sweep_dir / "report"
+    best = load_experiment(report_dir / "best_config.yaml")
+    assert best.optim.lr == 3e-3 and best.train.steps == 20
+    ranking = (report_dir / "ranking.csv").read_text().splitlines()
+    assert len(ranking) == TRIALS + 1
+
+    # MLflow: one parent, one child per trial (none duplicated by the resume), NLL in each
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("test-sweep")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("st_sweeps.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("st_sweeps.role") == "trial"]
+    assert len(parents) == 1 and len(children) == TRIALS, [r.info.run_name for r in runs]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and "best/eval/nll_bpd" in parent.data.metrics
+    assert parent.data.metrics["trials/completed"] + parent.data.metrics["trials/pruned"] == TRIALS
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/ranking.csv" in parent_files and "report/best_config.yaml" in parent_files
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} >= {"sweep/tiny.yaml"}
+    trial_ids = {r.data.tags["st_sweeps.trial_id"] for r in children}
+    assert len(trial_ids) == TRIALS
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "eval/nll_bpd" in r.data.metrics
+        assert r.data.params["optim.lr"] in ("0.003", "1e-07")
+        assert r.data.tags.get("best_checkpoint")
+        history = client.get_metric_history(r.info.run_id, "eval/nll_bpd")
+        steps = [m.step for m in history]
+        assert len(steps) == len(set(steps)), f"{r.info.run_name} logged an evaluation twice: {steps}"
+        files = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert "resolved_config.yaml" in files
+        outcome = r.data.tags["st_sweeps.outcome"]
+        assert r.info.status == {"completed": "FINISHED", "pruned": "KILLED"}[outcome]
+
+    # Optuna: trials ASHA stopped are PRUNED (not COMPLETE with a low-budget value)
+    storage = f"sqlite:///{report_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state for t in study.trials]
+    assert len(states) == TRIALS
+    by_trial = {r.data.tags["st_sweeps.trial_id"]: r.data.tags["st_sweeps.outcome"] for r in children}
+    pruned = [t for t, o in by_trial.items() if o == "pruned"]
+    assert pruned, "ASHA stopped no trial"
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(pruned)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS - len(pruned)
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.PRUNED:  # with the value it had when it was stopped
+            assert t.value is not None and t.intermediate_values
+        else:
+            assert t.params["optim.lr"] == 3e-3
+
+
+@pytest.mark.parametrize("objectives", [["eval/nll_bpd"], ["eval/nll_bpd", "eval/pixel_fd"]])
+def test_searcher_tells_optuna_how_trials_ended(tmp_path: Path, objectives: list[str]) -> None:
+    """No cluster needed: the searcher alone, fed what Tune feeds it."""
+    from optuna.trial import TrialState
+
+    from st_sweeps.search_space import load_search_space
+    from st_sweeps.tune import FINISHED_KEY, make_searcher
+
+    data = {**SWEEP, "objectives": [{"metric": m, "mode": "min"} for m in objectives]}
+    data["base"] = {**SWEEP["base"], "eval": {**SWEEP["base"]["eval"], "sample_quality": "pixel_fd"}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    searcher = make_searcher(load_search_space(tmp_path / "s.yaml"), "study")
+    for tid in "abcd":
+        assert set(searcher.suggest(tid)) == {"optim.lr", "truncation.eps"}
+    result = {m: 7.5 for m in objectives}
+    searcher.on_trial_result("a", {**result, "training_iteration": 1, "step": 10, FINISHED_KEY: 0.0})
+    searcher.on_trial_complete("a", {**result, "training_iteration": 2, "step": 20, FINISHED_KEY: 1.0})
+    searcher.on_trial_complete("b", {**result, "training_iteration": 1, "step": 10, FINISHED_KEY: 0.0})  # ASHA
+    searcher.on_trial_complete("c", {**result, "training_iteration": 1, "step": 10, FINISHED_KEY: 0.0}, error=True)
+    searcher.on_trial_complete("d", {**{m: float("nan") for m in objectives}, FINISHED_KEY: 1.0})
+    states = [t.state for t in searcher.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL]
+    pruned = searcher.study.trials[1]
+    assert (pruned.value == 7.5) if len(objectives) == 1 else (pruned.values is None)
+
+
+def test_resume_without_a_sweep_is_a_clean_error(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
+    proc = subprocess.run(_cli(tmp_path, "--resume"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("--resume: no sweep 'tiny'") and "Traceback" not in proc.stderr
