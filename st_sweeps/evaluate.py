@@ -129,7 +129,8 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
                 tracker.set_tags({"eval/fid_missing_reason": missing})
                 _warn_once(missing)
             else:
-                stats = reference_stats(ref, cache, key=f"{train_data.name}-train", weights_path=weights)
+                n_ref = config.eval.fid_reference_examples or len(ref)
+                stats = reference_stats(ref[:n_ref], cache, key=f"{train_data.name}-train", weights_path=weights)
                 fid = compute_fid(gen_u8, stats, weights_path=weights)
                 if fid.value is None:
                     tracker.set_tags({"eval/fid_missing_reason": fid.missing_reason})

@@ -104,10 +104,11 @@ class EvalConfig:
     corrector_steps: int = 1
     sample_eps: float = 1e-5  # where sampling stops (the paper: 1e-5, 1e-3 at 256 px)
     sample_quality: Literal["pixel_fd", "fid", "both", "none"] = "pixel_fd"
+    fid_reference_examples: int = 0  # training images in the FID reference statistics; 0: all (the paper)
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("nll_examples", "num_samples"):
+        for name in ("nll_examples", "num_samples", "fid_reference_examples"):
             require(getattr(self, name) >= 0, name, f"got {getattr(self, name)!r}", "an integer >= 0")
         for name in ("nll_repeats", "nll_probes", "nelbo_repeats", "sampler_steps", "corrector_steps", "batch_size"):
             require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")

@@ -67,7 +67,8 @@ def test_without_inception_weights_fid_is_missing_never_a_number(tmp_path: Path,
 def test_with_local_inception_weights_fid_is_computed(tmp_path: Path, monkeypatch, random_inception_weights) -> None:
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(random_inception_weights))
     monkeypatch.setenv(FID_CACHE_ENV, str(tmp_path / "fid_cache"))
-    cfg = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid"})
+    cfg = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid",
+                               "eval.fid_reference_examples": 16})
     metrics, tags = run_eval(cfg, tmp_path)
     assert "eval/fid_missing_reason" not in tags.tags
     assert metrics["eval/fid"] > 0  # an untrained model's samples differ from the digits
