@@ -15,25 +15,47 @@ import torch
 
 
 class LossByTime:
+    # examples held before they are binned: binning is a handful of small tensor operations (and
+    # on a GPU a copy to the host) whatever the count, so it is done in batches, off the step
+    FLUSH_EVERY = 65536
+
     def __init__(self, eps: float, T: float, bins: int):
         self.edges = torch.logspace(math.log10(eps), math.log10(T), bins + 1, dtype=torch.float64)
         self.sums = torch.zeros(bins, dtype=torch.float64)
         self.sq_sums = torch.zeros(bins, dtype=torch.float64)
         self.counts = torch.zeros(bins, dtype=torch.float64)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_examples = 0
 
     def add(self, t: torch.Tensor, loss: torch.Tensor) -> None:
-        """t, loss: [B] (one loss per example, at its diffusion time)."""
-        t = t.detach().to("cpu", torch.float64).reshape(-1)
-        loss = loss.detach().to("cpu", torch.float64).reshape(-1)
+        """t, loss: [B] (one loss per example, at its diffusion time). Binned in order, in
+        batches: every reading (``table``, ``state_dict``, ``save``) sees all that was added."""
+        t, loss = t.detach().reshape(-1), loss.detach().reshape(-1)
         if t.numel() != loss.numel():  # objectives that split a batch report one t per example
             return
+        self._pending.append((t, loss))
+        self._pending_examples += t.numel()
+        if self._pending_examples >= self.FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        # float64 on the host, in the order added: the same sums as binning each batch at once
+        t = torch.cat([a.to("cpu", torch.float64) for a, _ in self._pending])
+        loss = torch.cat([b.to("cpu", torch.float64) for _, b in self._pending])
+        self._pending.clear()
+        self._pending_examples = 0
         idx = torch.bucketize(t, self.edges[1:-1])
         ok = torch.isfinite(loss)
-        self.sums.index_add_(0, idx[ok], loss[ok])
-        self.sq_sums.index_add_(0, idx[ok], loss[ok] ** 2)
-        self.counts.index_add_(0, idx[ok], torch.ones_like(loss[ok]))
+        if not bool(ok.all()):
+            idx, loss = idx[ok], loss[ok]
+        self.sums.index_add_(0, idx, loss)
+        self.sq_sums.index_add_(0, idx, loss ** 2)
+        self.counts.index_add_(0, idx, torch.ones_like(loss))
 
     def table(self) -> list[dict[str, Any]]:
+        self._flush()
         rows = []
         for i in range(len(self.counts)):
             n = float(self.counts[i])
@@ -44,14 +66,19 @@ class LossByTime:
         return rows
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        self._flush()
         return {"sums": self.sums.clone(), "sq_sums": self.sq_sums.clone(), "counts": self.counts.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._pending.clear()
+        self._pending_examples = 0
         self.sums.copy_(state["sums"])
         self.sq_sums.copy_(state["sq_sums"])
         self.counts.copy_(state["counts"])
 
     def reset(self) -> None:
+        self._pending.clear()
+        self._pending_examples = 0
         for t in (self.sums, self.sq_sums, self.counts):
             t.zero_()
 
