@@ -20,11 +20,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 MODES = ("smoke", "quick", "full")
+T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------- arguments
@@ -59,12 +60,12 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
 
 
 # ----------------------------------------------------------------------------------- timing
-def interleaved(arms: dict[str, Callable[[], float]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(arms: dict[str, Callable[[], T]], reps: int, warmup: int = 1) -> dict[str, list[T]]:
     """Run every arm ``warmup + reps`` times, the order rotated each round (A B C, B C A, ...),
-    so slow drifts and a neighbour's bursts spread over all arms. Each arm returns the seconds
-    it wants counted (setup outside its timed region is not). Warm-up rounds are dropped."""
+    so slow drifts and a neighbour's bursts spread over all arms. Each arm returns what it
+    measured (setup outside its timed region is not counted). Warm-up rounds are dropped."""
     names = list(arms)
-    out: dict[str, list[float]] = {n: [] for n in names}
+    out: dict[str, list[T]] = {n: [] for n in names}
     for r in range(warmup + reps):
         k = r % len(names)
         for name in names[k:] + names[:k]:
@@ -84,13 +85,31 @@ def rel_spread(xs: Sequence[float]) -> float:
     return (max(xs) - min(xs)) / m if m else float("nan")
 
 
+@dataclass(frozen=True)
+class Elapsed:
+    """Wall-clock and CPU seconds (this process, all its threads) of one timed region. On a
+    shared machine the CPU time is the steadier figure for single-threaded work: it does not
+    count the time the scheduler gave a neighbour; it does not count I/O waits (fsync) either."""
+
+    wall: float
+    cpu: float
+
+    def __add__(self, other: "Elapsed") -> "Elapsed":
+        return Elapsed(self.wall + other.wall, self.cpu + other.cpu)
+
+    def __sub__(self, other: "Elapsed") -> "Elapsed":
+        return Elapsed(self.wall - other.wall, self.cpu - other.cpu)
+
+
 class Stopwatch:
+    """``with Stopwatch() as sw: ...`` then ``sw.elapsed``."""
+
     def __enter__(self) -> "Stopwatch":
-        self.t0 = time.perf_counter()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.t0
+        self.elapsed = Elapsed(time.perf_counter() - self._wall, time.process_time() - self._cpu)
 
 
 # ----------------------------------------------------------------------------------- memory
@@ -240,3 +259,166 @@ def python_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+# ----------------------------------------------------------------------------------- process trees
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # the name may hold spaces and parentheses
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def descendants(root: int) -> list[int]:
+    kids, out, todo = _children_map(), [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def process_title(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+class ProcessTreeSampler:
+    """Samples a process and all its descendants every ``interval`` seconds in a thread: each
+    process's peak RSS (the kernel's VmHWM, exact whenever the process was seen at least once) and
+    its title (Ray renames its workers, ``ray::IDLE`` → ``ray::ImplicitFunc.train``), and the
+    largest sum of current RSS over the tree at one sample (shared pages count once per process,
+    so the sum overstates what the machine spent)."""
+
+    def __init__(self, root: int, interval: float = 0.25):
+        import threading
+
+        self.root, self.interval = root, interval
+        self.peak_mib: dict[int, float] = {}
+        self.titles: dict[int, str] = {}
+        self.tree_peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "ProcessTreeSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        total = 0.0
+        for pid in descendants(self.root):
+            hwm, rss = peak_rss_mib(pid), rss_mib(pid)
+            if hwm is None or rss is None:  # exited, or a kernel thread
+                continue
+            total += rss
+            self.peak_mib[pid] = max(self.peak_mib.get(pid, 0.0), hwm)
+            title = process_title(pid)
+            if title and ("IDLE" not in title or pid not in self.titles):
+                self.titles[pid] = title
+        self.tree_peak_mib = max(self.tree_peak_mib, total)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+# ----------------------------------------------------------------------------------- sweeps
+@dataclass
+class TrialLog:
+    """One Tune trial as its ``result.json`` tells it: a row per report (evaluation)."""
+
+    trial_id: str
+    reports: list[dict]
+
+    @property
+    def params(self) -> dict:
+        return dict(self.reports[-1].get("config", {})) if self.reports else {}
+
+    @property
+    def steps(self) -> int:
+        return int(self.reports[-1].get("step", 0)) if self.reports else 0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds from the trial's start to its last report (Tune's time_total_s)."""
+        return float(self.reports[-1].get("time_total_s", 0.0)) if self.reports else 0.0
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.reports) and self.reports[-1].get("trial/finished") == 1.0
+
+
+@dataclass
+class SweepRun:
+    wall: float  # seconds, the whole CLI process: interpreter, imports, Ray start, trials, report
+    trials: list[TrialLog]
+    directory: Path
+    stdout: str
+
+
+def write_sweep_file(sweep: dict, work: Path, name: str) -> Path:
+    """The sweep file, with storage and the MLflow store inside ``work``."""
+    import yaml
+
+    data = {**sweep, "storage_path": str(work / "ray_results"),
+            "mlflow": {"experiment": name, "tracking_uri": f"sqlite:///{(work / 'mlflow.db').resolve()}"}}
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_sweep(sweep: dict, work: Path, name: str, *, timeout: float = 3600,
+              sampler_interval: float | None = None) -> tuple[SweepRun, ProcessTreeSampler | None]:
+    """Run ``python -m st_sweeps.tune`` on ``sweep`` (a sweep-file mapping) as a subprocess in
+    ``work`` and read its trials back; optionally sample the process tree's memory meanwhile."""
+    import json
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = write_sweep_file(sweep, work, name)
+    env = python_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "st_sweeps.tune", str(path), "--name", name]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = ProcessTreeSampler(proc.pid, sampler_interval) if sampler_interval else None
+    try:
+        if sampler is not None:
+            with sampler:
+                out, err = proc.communicate(timeout=timeout)
+        else:
+            out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"sweep {name} exited with {proc.returncode}:\n{err[-4000:]}")
+    directory = work / "ray_results" / name
+    trials = []
+    for f in sorted(directory.glob("trial_*/result.json")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        trials.append(TrialLog(f.parent.name.removeprefix("trial_"), rows))
+    return SweepRun(wall, trials, directory, out), sampler
+
+
+def base_sweep(path: Path = REPO / "search_spaces" / "prior.yaml") -> dict:
+    """A shipped sweep file as a mapping (benchmarks start from the project's main sweep)."""
+    import yaml
+
+    return yaml.safe_load(path.read_text())

@@ -5,21 +5,32 @@ the data set flips), sample t ~ U[ε, T] and z, perturb, the σ²-weighted DSM l
 step — on the same ``ScoreModel`` (DDPM++ U-Net) built from the same config. No EMA, no loss-by-time
 diagnostics, no learning-rate schedule, no gradient clipping, no logging, no checkpoints.
 
-Trainer arms, on the same config (``dsm`` with ``variance`` weighting, hence the same t law):
+Trainer arms, on the same config (``dsm`` with ``variance`` weighting, hence the same t law, and
+no gradient clipping, which the reference does not do either):
 
 - ``Trainer.train_step``: one optimiser step as the trainer does it — (seed, step, chunk)-keyed
-  generators, data order by position, lr warm-up, gradient clipping, EMA, loss-by-time bins;
-- ``Trainer.fit``: the whole loop at the default log cadence (metrics every 10 steps to
-  ``metrics.jsonl``), with one evaluation at the end whose model evaluation is stubbed out
-  (its cost is the evaluation's, not the trainer's) but whose checkpoint and loss-by-time
-  artifacts are written. That event is timed separately and amortised at the default cadence
-  (one evaluation + checkpoint per ``train.steps`` = 1000 steps).
+  generators, data order by position, lr warm-up, the gradient norm (logged, and checked for
+  divergence), EMA, loss-by-time bins;
+- ``Trainer.fit``: a fresh run of a block of steps at the default log cadence (metrics every 10
+  steps to ``metrics.jsonl``, fsynced). Its once-per-run work — config file and params, the resume
+  check, the final checkpoint and loss-by-time JSON/PNG (the model evaluation itself is stubbed
+  out: it is the evaluation's cost, not the trainer's) — is timed apart and then spread over a
+  run of ``train.steps`` = 1000 steps, the default (evaluation and checkpoint only at the end);
+- ``Trainer.train_step`` with gradient clipping at 1.0 (the default recipe), for its cost.
 
-The arms run interleaved in rotating order, after a warm-up round; figures are medians.
+The arms run in short blocks, interleaved in rotating order over many rounds after a warm-up
+round. Times are medians; an overhead is the median over rounds of (arm / reference in the same
+round), which cancels a shared machine's swings of load better than a ratio of medians, shown with
+the quartiles of those ratios; and, as a second estimate, the ratio of the fastest blocks (noise
+from neighbours only ever slows a block down). Wall and CPU time (this process) are both
+reported: with one thread the CPU time leaves out the time a neighbour held the core, but also
+fsync waits.
+
 Peak memory: each arm runs in its own subprocess, which reports its peak RSS above the RSS it had
-once the data were loaded (so the trainer's EMA copy and bookkeeping count). On CUDA the same
-script also compares bf16 + channels_last + torch.compile with fp32 and computes the model FLOP
-utilisation (FLOPs from ``torch.utils.flop_counter``); that path is skipped on a CPU-only machine.
+once torch was warmed up and the data loaded (so the trainer's EMA copy and bookkeeping count).
+On CUDA the same script also compares bf16 + channels_last + torch.compile with fp32 and computes
+the model FLOP utilisation (FLOPs from ``torch.utils.flop_counter``); that path is skipped on a
+CPU-only machine.
 
     python -m benchmarks.train_speed --quick
     python -m benchmarks.train_speed --quick --append      # add the section to benchmarks/RESULTS.md
@@ -30,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,8 +53,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks.common import (Section, add_common_args, command_line, emit, fmt, interleaved, median, mode_of,
-                               pct, peak_rss_mib, python_env, rel_spread, reset_peak_rss, rss_mib, set_threads)
+from benchmarks.common import (Elapsed, Section, Stopwatch, add_common_args, command_line, emit, fmt, interleaved,
+                               markdown_table, median, mode_of, pct, peak_rss_mib, python_env,
+                               reset_peak_rss, rss_mib, set_threads)
 
 MODULE = "benchmarks.train_speed"
 DEFAULT_STEPS = 1000  # TrainConfig().steps: with eval_every_steps = 0, one evaluation + checkpoint per run
@@ -65,17 +78,20 @@ SIZES = {
     "tiny": Size("tiny", "tiny U-Net, digits 1×8×8", {"name": "digits"},
                  {"name": "ddpmpp", "channels": 16, "channel_multipliers": [1, 2], "blocks_per_resolution": 1,
                   "attention_resolutions": [], "dropout": 0.0},
-                 batch=32, steps={"smoke": 3, "quick": 60, "full": 200}, reps={"smoke": 1, "quick": 7, "full": 9}),
+                 batch=32, steps={"smoke": 3, "quick": 10, "full": 10}, reps={"smoke": 1, "quick": 40, "full": 100}),
     "small": Size("small", "small U-Net, CIFAR-shaped 3×32×32", {"name": "cifar10"},
                   {"name": "ddpmpp", "channels": 32, "channel_multipliers": [1, 2, 2], "blocks_per_resolution": 1,
                    "attention_resolutions": [8], "dropout": 0.1},
-                  batch=16, steps={"smoke": 2, "quick": 10, "full": 30}, reps={"smoke": 1, "quick": 5, "full": 7},
+                  batch=16, steps={"smoke": 2, "quick": 3, "full": 5}, reps={"smoke": 1, "quick": 12, "full": 30},
                   fake_cifar_images=50_000),
 }
 SIZES_BY_MODE = {"smoke": ["tiny"], "quick": ["tiny", "small"], "full": ["tiny", "small"]}
 
 
-def experiment_dict(size: Size, steps: int, **train: Any) -> dict[str, Any]:
+def experiment_dict(size: Size, steps: int, clip: float = 0.0, **train: Any) -> dict[str, Any]:
+    """The benchmark's experiment: DSM with σ² weighting (t ~ U[ε, T], like the reference) and,
+    unless ``clip`` is given, no gradient clipping (the reference has none: clipping is part of
+    the optimisation recipe, not trainer overhead; its cost is measured in an arm of its own)."""
     return {
         "name": f"bench-{size.name}", "seed": 0,
         "data": {"dataset": size.dataset},
@@ -83,6 +99,7 @@ def experiment_dict(size: Size, steps: int, **train: Any) -> dict[str, Any]:
         "truncation": {"eps": 1e-5, "prior": {"name": "fixed"}},
         "objective": {"name": "dsm", "weighting": "variance"},
         "model": {"network": size.network},
+        "optim": {"grad_clip_norm": clip},
         "train": {"steps": steps, "batch_size": size.batch, **train},
     }
 
@@ -116,19 +133,24 @@ def make_trainer_class() -> type:
                 self.data_cache[key] = super()._load_data(data_root)
             return self.data_cache[key]
 
+        # once per run, not per step: timed apart and amortised over a run of DEFAULT_STEPS
+        def _timed_event(self, fn: Callable[..., Any], *args: Any) -> Any:
+            with Stopwatch() as sw:
+                out = fn(*args)
+            self.events = getattr(self, "events", Elapsed(0.0, 0.0)) + sw.elapsed
+            return out
+
+        def write_run_files(self) -> None:
+            self._timed_event(super().write_run_files)
+
+        def resume_if_possible(self, path: Any = None) -> bool:
+            return self._timed_event(super().resume_if_possible, path)
+
         def evaluate(self) -> dict[str, float]:
-            t0 = time.perf_counter()
-            try:
-                return super().evaluate()
-            finally:
-                self.event_seconds = getattr(self, "event_seconds", 0.0) + time.perf_counter() - t0
+            return self._timed_event(super().evaluate)
 
         def save_checkpoint(self) -> Path | None:
-            t0 = time.perf_counter()
-            try:
-                return super().save_checkpoint()
-            finally:
-                self.event_seconds = getattr(self, "event_seconds", 0.0) + time.perf_counter() - t0
+            return self._timed_event(super().save_checkpoint)
 
     return BenchTrainer
 
@@ -174,9 +196,10 @@ class ReferenceLoop:
 
 @dataclass
 class Timings:
-    blocks: dict[str, list[float]]
-    events: list[float] = field(default_factory=list)
-    steps: int = 0
+    blocks: dict[str, list[Elapsed]]  # per arm, one entry per repetition
+    events: list[Elapsed]  # per fit repetition: its once-per-run work (run files, resume check, evaluation, checkpoint)
+    steps: int
+    warmup: int
 
 
 def sync(device: torch.device) -> None:
@@ -190,46 +213,49 @@ def time_size(size: Size, mode: str, data_root: Path | None, device: torch.devic
     steps, reps = size.steps[mode], size.reps[mode]
     warmup = 1 if mode != "smoke" else 0
     Bench = make_trainer_class()
-    # the train_step arm: one trainer that keeps stepping through the repetitions
     work = Path(tempfile.mkdtemp(prefix="st_bench_speed_"))
-    config = experiment_dict(size, DEFAULT_STEPS)
-    stepper = Bench(experiment_from_dict(config), work / "stepper", device=str(device), data_root=data_root,
-                    progress=False, evaluate_fn=no_evaluation)
+    # the train_step arm: one trainer that keeps stepping through the repetitions
+    stepper = Bench(experiment_from_dict(experiment_dict(size, DEFAULT_STEPS)), work / "stepper", device=str(device),
+                    data_root=data_root, progress=False, evaluate_fn=no_evaluation)
+    clipper = Bench(experiment_from_dict(experiment_dict(size, DEFAULT_STEPS, clip=1.0)), work / "clipper",
+                    device=str(device), data_root=data_root, progress=False, evaluate_fn=no_evaluation)
     reference = ReferenceLoop(stepper.config, stepper.train_data.images, device)
-    events: list[float] = []
-    runs = [0]
+    events: list[Elapsed] = []
 
-    def reference_block() -> float:
-        sync(device)
-        t0 = time.perf_counter()
+    def block(fn: Callable[[], Any]) -> Callable[[], Elapsed]:
+        def timed() -> Elapsed:
+            sync(device)
+            with Stopwatch() as sw:
+                fn()
+                sync(device)
+            return sw.elapsed
+        return timed
+
+    def reference_steps() -> None:
         for _ in range(steps):
             reference.step()
-        sync(device)
-        return time.perf_counter() - t0
 
-    def step_block() -> float:
-        sync(device)
-        t0 = time.perf_counter()
+    def trainer_steps() -> None:
         for _ in range(steps):
             stepper.train_step()
-        sync(device)
-        return time.perf_counter() - t0
 
-    def fit_block() -> float:
-        runs[0] += 1
-        trainer = Bench(experiment_from_dict(experiment_dict(size, steps)), work / f"fit{runs[0]}",
+    def clipped_steps() -> None:
+        for _ in range(steps):
+            clipper.train_step()
+
+    def fit_block() -> Elapsed:
+        trainer = Bench(experiment_from_dict(experiment_dict(size, steps)), tempfile.mkdtemp(dir=work),
                         device=str(device), data_root=data_root, progress=False, evaluate_fn=no_evaluation)
-        sync(device)
-        t0 = time.perf_counter()
-        trainer.fit()
-        sync(device)
-        total = time.perf_counter() - t0
-        events.append(getattr(trainer, "event_seconds", 0.0))
-        return total
+        elapsed = block(trainer.fit)()
+        events.append(getattr(trainer, "events", Elapsed(0.0, 0.0)))
+        return elapsed
 
-    blocks = interleaved({"reference": reference_block, "train_step": step_block, "fit": fit_block},
-                         reps=reps, warmup=warmup)
-    return Timings(blocks, events[warmup:], steps)
+    try:
+        blocks = interleaved({"reference": block(reference_steps), "train_step": block(trainer_steps),
+                              "fit": fit_block, "clipped": block(clipped_steps)}, reps=reps, warmup=warmup)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Timings(blocks, events[warmup:], steps, warmup)
 
 
 # ----------------------------------------------------------------------------------- memory probes
@@ -243,6 +269,7 @@ def memory_probe(size_name: str, arm: str, steps: int, data_root: str | None) ->
     root = Path(data_root) if data_root else None
     Bench.data_cache[f"{config.data.dataset!r}@{root}"] = config.data.dataset.load(root, "train"), \
         config.data.dataset.load(root, "test")
+    warm_up_torch(tuple(config.data.dataset.shape))
     base = rss_mib()
     reset_peak_rss()
     with tempfile.TemporaryDirectory(prefix="st_bench_mem_") as tmp:
@@ -254,6 +281,16 @@ def memory_probe(size_name: str, arm: str, steps: int, data_root: str | None) ->
         else:
             Bench(config, tmp, device="cpu", data_root=root, progress=False, evaluate_fn=no_evaluation).fit()
     return {"baseline_mib": base or float("nan"), "peak_mib": peak_rss_mib() or float("nan")}
+
+
+def warm_up_torch(shape: tuple[int, ...]) -> None:
+    """One conv forward/backward and Adam step on throwaway data: torch's one-off allocations
+    (autograd engine, kernels' scratch space) then land before the baseline, not in either arm."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(shape[0], 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU())
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(2, *shape)).square().mean().backward()
+    opt.step()
+    del net, opt
 
 
 def run_probe(size: Size, arm: str, steps: int, data_root: Path | None, threads: int) -> float:
@@ -322,49 +359,71 @@ def cuda_rows(size: Size, mode: str, data_root: Path | None, peak_tflops: float 
 
 
 # ----------------------------------------------------------------------------------- report
+def size_rows(size: Size, timing: Timings) -> tuple[list[list[Any]], str]:
+    """Table rows and a note. Times per step are medians over repetitions; overheads are medians
+    of the ratios within each round (arm / reference of the same round), which cancels the slow
+    swings of a shared machine's load better than a ratio of medians."""
+    n = timing.steps
+    ref = timing.blocks["reference"]
+    loops = [t - e for t, e in zip(timing.blocks["fit"], timing.events)]
+    # the once-per-run work once per DEFAULT_STEPS steps instead of once per block of n steps
+    amortised = [loop + Elapsed(e.wall * n / DEFAULT_STEPS, e.cpu * n / DEFAULT_STEPS)
+                 for loop, e in zip(loops, timing.events)]
+    arms = [("reference loop", ref),
+            ("Trainer.train_step", timing.blocks["train_step"]),
+            ("Trainer.fit, log every 10 steps", loops),
+            (f"Trainer.fit, once-per-run work spread over {DEFAULT_STEPS} steps", amortised),
+            ("Trainer.train_step, gradient clipping at 1.0 (recipe, not overhead)", timing.blocks["clipped"])]
+    rows = []
+    for label, blocks in arms:
+        wall, cpu = median(b.wall for b in blocks) / n, median(b.cpu for b in blocks) / n
+        if blocks is ref:
+            over_wall = over_cpu = fastest = "–"
+        else:
+            ratios = sorted(b.cpu / r.cpu for b, r in zip(blocks, ref))
+            q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+            over_cpu = pct(100 * (median(ratios) - 1)) + (f" [{100 * (q1 - 1):+.1f}, {100 * (q3 - 1):+.1f}]"
+                                                           if len(ratios) >= 4 else "")
+            over_wall = pct(100 * (median(b.wall / r.wall for b, r in zip(blocks, ref)) - 1))
+            fastest = pct(100 * (min(b.cpu for b in blocks) / min(r.cpu for r in ref) - 1))
+        rows.append([size.label, size.batch, label, fmt(1e3 * wall), fmt(1e3 * cpu), fmt(size.batch / wall),
+                     over_wall, over_cpu, fastest])
+    event = Elapsed(median(e.wall for e in timing.events), median(e.cpu for e in timing.events))
+    note = (f"- {size.label}: blocks of {n} steps, {len(ref)} interleaved rounds after {timing.warmup} warm-up "
+            f"round(s); a run's once-only work (config file and params, resume check, the final checkpoint and "
+            f"loss-by-time JSON/PNG; the model evaluation itself stubbed) took {fmt(1e3 * event.wall)} ms wall, "
+            f"{fmt(1e3 * event.cpu)} ms CPU.")
+    return rows, note
+
+
 def run(args: argparse.Namespace) -> Section:
     mode = mode_of(args)
     set_threads(args.threads)
     device = torch.device("cpu")
-    rows, mem_rows, notes = [], [], []
+    rows: list[list[Any]] = []
+    mem_rows: list[list[Any]] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="st_bench_data_") as tmp:
         for name in args.sizes or SIZES_BY_MODE[mode]:
             size = SIZES[name]
             data_root = None
             if size.fake_cifar_images:
-                n = size.fake_cifar_images if mode != "smoke" else 1000
-                data_root = write_fake_cifar(Path(tmp) / name, n)
+                data_root = write_fake_cifar(Path(tmp) / name, size.fake_cifar_images if mode != "smoke" else 1000)
             timing = time_size(size, mode, data_root, device)
-            ref = median(timing.blocks["reference"]) / timing.steps
-            step = median(timing.blocks["train_step"]) / timing.steps
-            fit_total = timing.blocks["fit"]
-            event = median(timing.events) if timing.events else 0.0
-            fit_loop = median(t - e for t, e in zip(fit_total, timing.events)) / timing.steps
-            amortised = (fit_loop * DEFAULT_STEPS + event) / DEFAULT_STEPS
-            for label, per_step, spread in (
-                    ("reference loop", ref, rel_spread(timing.blocks["reference"])),
-                    ("Trainer.train_step", step, rel_spread(timing.blocks["train_step"])),
-                    ("Trainer.fit (log every 10)", fit_loop, rel_spread(fit_total))):
-                over = None if label == "reference loop" else 100 * (per_step / ref - 1)
-                rows.append([size.label, size.batch, label, fmt(1e3 * per_step), fmt(1 / per_step),
-                             fmt(size.batch / per_step), pct(over), f"{100 * spread:.0f} %"])
-            rows.append([size.label, size.batch, f"Trainer.fit + 1 eval/ckpt per {DEFAULT_STEPS} steps",
-                         fmt(1e3 * amortised), fmt(1 / amortised), fmt(size.batch / amortised),
-                         pct(100 * (amortised / ref - 1)), "–"])
-            notes.append(f"- {size.label}: {timing.steps} steps per block, {len(timing.blocks['reference'])} "
-                         f"interleaved repetitions; one evaluation event (checkpoint + loss-by-time JSON/PNG, "
-                         f"model evaluation stubbed) took {fmt(1e3 * event)} ms.")
+            size_table, note = size_rows(size, timing)
+            rows += size_table
+            notes.append(note)
             probe_steps = 2 if mode == "smoke" else 5
             ref_mem = run_probe(size, "reference", probe_steps, data_root, args.threads)
             tr_mem = run_probe(size, "trainer", probe_steps, data_root, args.threads)
-            mem_rows.append([size.label, fmt(ref_mem), fmt(tr_mem), f"{tr_mem / ref_mem:.2f}×" if ref_mem > 0 else "–"])
+            mem_rows.append([size.label, fmt(ref_mem), fmt(tr_mem),
+                             f"{tr_mem / ref_mem:.2f}×" if ref_mem > 0 else "–"])
             if torch.cuda.is_available():
                 notes.append("- CUDA: " + markdown_cuda(cuda_rows(size, mode, data_root, args.peak_tflops)))
-    from benchmarks.common import markdown_table
-
-    table = markdown_table(["model, data", "batch", "arm", "ms/step", "steps/s", "images/s",
-                            "overhead vs reference", "spread (max−min)/median"], rows)
-    table += "\n\nPeak memory (RSS above the data-loaded process, over a short run in a fresh process):\n\n"
+    table = markdown_table(["model, data", "batch", "arm", "ms/step (wall)", "ms/step (CPU)", "images/s (wall)",
+                            "overhead (wall)", "overhead (CPU) [quartiles]", "overhead (CPU, fastest blocks)"], rows)
+    table += ("\n\nPeak memory: RSS above the process once torch was warmed up and the data loaded, over a "
+              "short run in a fresh process:\n\n")
     table += markdown_table(["model, data", "reference loop (MiB)", "Trainer.fit (MiB)", "ratio"], mem_rows)
     if not torch.cuda.is_available():
         notes.append("- No CUDA device here: the bf16 + channels_last + torch.compile against fp32 comparison and the "
@@ -375,8 +434,6 @@ def run(args: argparse.Namespace) -> Section:
 
 
 def markdown_cuda(rows: list[list[str]]) -> str:
-    from benchmarks.common import markdown_table
-
     return "\n\n" + markdown_table(["model, data", "precision", "steps/s", "images/s", "speed-up", "peak MiB",
                                     "GFLOP/step", "TFLOP/s", "MFU"], rows)
 

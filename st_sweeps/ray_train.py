@@ -55,7 +55,7 @@ from st_sweeps import checkpoint as ckpt  # noqa: E402
 from st_sweeps.config import flatten, to_dict  # noqa: E402
 from st_sweeps.errors import ConfigError  # noqa: E402
 from st_sweeps.experiment import ExperimentConfig, config_yaml, experiment_from_dict  # noqa: E402
-from st_sweeps.tracking import MlflowTracker, MultiTracker, NullTracker, Tracker  # noqa: E402
+from st_sweeps.tracking import MlflowTracker, MultiTracker, NullTracker, Tracker, skip_logged_steps  # noqa: E402
 from st_sweeps.trainer import RunPaths, Trainer  # noqa: E402
 
 # How often the Train controller polls the workers. Every ``ray.train.report`` waits for the next
@@ -248,7 +248,8 @@ def _worker_tracker(rank: int, settings: RunSettings) -> Tracker:
     if rank != 0 or not settings.mlflow:
         return NullTracker()
     m = settings.mlflow
-    return MlflowTracker(m["tracking_uri"], m["experiment"], run_id=m["run_id"])
+    # a restarted attempt redoes the steps after its checkpoint; some may already be logged
+    return skip_logged_steps(MlflowTracker(m["tracking_uri"], m["experiment"], run_id=m["run_id"]))
 
 
 def train_loop_per_worker(loop_config: Mapping[str, Any]) -> dict[str, Any]:

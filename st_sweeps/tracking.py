@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 
 class Tracker(Protocol):
@@ -165,6 +165,48 @@ class MlflowTracker(NullTracker):
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+    def last_logged_step(self, keys: Sequence[str] | None = None) -> int:
+        """The last step at which this run holds a value of one of ``keys`` (all its metrics when
+        None); -1 when it holds none."""
+        if keys is None:
+            keys = list(self.client.get_run(self.run_id).data.metrics)
+        steps = [m.step for k in keys for m in self.client.get_metric_history(self.run_id, mlflow_safe_key(k))]
+        return max(steps, default=-1)
+
+
+class SkipLoggedSteps:
+    """A resumed run's tracker: metrics at steps the run already holds (``<= upto``) are dropped.
+
+    A run killed between logging an evaluation and saving the checkpoint it resumes from redoes
+    those steps; training is deterministic from (seed, step), so what is dropped is what was
+    already logged, and each metric's history keeps one point per step."""
+
+    def __init__(self, tracker: Any, upto: int):
+        self.tracker, self.upto = tracker, upto
+        self.run_id = getattr(tracker, "run_id", None)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.tracker.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if step > self.upto:
+            self.tracker.log_metrics(metrics, step)
+
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        self.tracker.log_artifact(path, subdir)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.tracker.set_tags(tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.tracker.close(status)
+
+
+def skip_logged_steps(tracker: Any) -> Any:
+    """``tracker``, wrapped to drop steps its run already holds when it is a resumed MLflow run."""
+    upto = tracker.last_logged_step() if isinstance(tracker, MlflowTracker) else -1
+    return SkipLoggedSteps(tracker, upto) if upto >= 0 else tracker
 
 
 def _create_experiment(client: Any, name: str) -> str:

@@ -112,40 +112,6 @@ def _open_child_run(spec: TrialSpec, trial_id: str, params: Mapping[str, Any], k
     return tracker
 
 
-def _logged_upto(tracker: Any, keys: Sequence[str]) -> int:
-    """The last step at which the run already holds one of ``keys`` (-1: none)."""
-    steps = [m.step for k in keys for m in tracker.client.get_metric_history(tracker.run_id, k)]
-    return max(steps, default=-1)
-
-
-class _SkipLogged:
-    """A resumed trial's tracker: metrics up to the step its MLflow run already holds are dropped.
-
-    A trial interrupted between logging an evaluation and Tune recording its checkpoint redoes
-    those steps; training is deterministic from (seed, step), so the dropped values are the ones
-    already logged, and the run's metric history keeps one point per step."""
-
-    def __init__(self, tracker: Any, upto: int):
-        self.tracker, self.upto = tracker, upto
-        self.run_id = tracker.run_id
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self.tracker.log_params(params)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if step > self.upto:
-            self.tracker.log_metrics(metrics, step)
-
-    def log_artifact(self, path: Any, subdir: str | None = None) -> None:
-        self.tracker.log_artifact(path, subdir)
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.tracker.set_tags(tags)
-
-    def close(self, status: str = "FINISHED") -> None:
-        self.tracker.close(status)
-
-
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     return math.isfinite(value) and (best is None or (value < best if mode == "min" else value > best))
 
@@ -277,13 +243,11 @@ def _train_locally(spec: TrialSpec, config: Any, tracker: Any, checkpoint: Any, 
                    run_dir: Path) -> None:
     from st_sweeps.experiment import config_yaml
     from st_sweeps.ray_train import restore_checkpoint
-    from st_sweeps.tracking import MultiTracker
+    from st_sweeps.tracking import MultiTracker, skip_logged_steps
     from st_sweeps.trainer import Trainer
 
     restore_checkpoint(checkpoint, run_dir)  # into run_dir/checkpoints, where fit() resumes from
-    upto = _logged_upto(tracker, ["train/loss", *spec.metrics])
-    if upto >= 0:
-        tracker = _SkipLogged(tracker, upto)
+    tracker = skip_logged_steps(tracker)
     resolved = run_dir / "resolved_config.yaml"
     resolved.write_text(config_yaml(config))
     tracker.log_artifact(resolved)

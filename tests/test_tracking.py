@@ -1,0 +1,59 @@
+"""Trackers: a resumed MLflow run keeps one point per step, whichever path resumes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from st_sweeps.tracking import MlflowTracker, NullTracker, SkipLoggedSteps, skip_logged_steps
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def history(tracker: MlflowTracker, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in tracker.client.get_metric_history(tracker.run_id, key))
+
+
+def test_resumed_run_drops_steps_it_already_holds(tracking_uri: str) -> None:
+    first = MlflowTracker(tracking_uri, "exp", run_name="trial")
+    for step in range(0, 6):
+        first.log_metrics({"train/loss": float(step), "eval/nll_bpd": 10.0 - step}, step)
+    first.close("KILLED")
+
+    # the restarted attempt resumes from a checkpoint at step 3 and logs steps 3..8 again
+    again = skip_logged_steps(MlflowTracker(tracking_uri, "exp", run_id=first.run_id))
+    assert isinstance(again, SkipLoggedSteps) and again.upto == 5 and again.run_id == first.run_id
+    for step in range(3, 9):
+        again.log_metrics({"train/loss": 100.0 + step}, step)
+    again.close()
+
+    loss = history(first, "train/loss")
+    assert [s for s, _ in loss] == list(range(9))  # one point per step
+    assert [v for _, v in loss] == [0, 1, 2, 3, 4, 5, 106, 107, 108]  # the first values kept
+    assert first.last_logged_step(["eval/nll_bpd"]) == 5
+    assert first.last_logged_step() == 8
+    assert first.client.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_fresh_runs_and_other_trackers_are_not_wrapped(tracking_uri: str) -> None:
+    fresh = MlflowTracker(tracking_uri, "exp")
+    assert fresh.last_logged_step() == -1
+    assert skip_logged_steps(fresh) is fresh
+    null = NullTracker()
+    assert skip_logged_steps(null) is null
+
+
+def test_ray_worker_rank0_tracker_skips_logged_steps(tracking_uri: str, tmp_path: Path) -> None:
+    from st_sweeps.ray_train import RunSettings, _worker_tracker
+
+    run = MlflowTracker(tracking_uri, "exp")
+    run.log_metrics({"train/loss": 1.0}, 7)
+    settings = RunSettings(run_dir=str(tmp_path), mlflow={"tracking_uri": tracking_uri, "experiment": "exp",
+                                                          "run_id": run.run_id, "parent_run_id": None})
+    tracker = _worker_tracker(0, settings)
+    assert isinstance(tracker, SkipLoggedSteps) and tracker.upto == 7
+    assert isinstance(_worker_tracker(1, settings), NullTracker)
