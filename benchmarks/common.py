@@ -42,6 +42,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help=f"append the section to FILE (default {RESULTS.relative_to(REPO)})")
 
 
+def parse_args(doc: str | None, argv: Sequence[str] | None,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """A benchmark's arguments: the common ones, then ``extra``'s; ``argv`` kept for the command line."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
 def mode_of(args: argparse.Namespace) -> str:
     return "smoke" if args.smoke else "quick" if args.quick else "full"
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (Section, add_common_args, command_line, emit, fmt, markdown_table, median, mode_of,
+from benchmarks.common import (Section, command_line, emit, fmt, markdown_table, median, mode_of, parse_args,
                                set_threads)
 
 MODULE = "benchmarks.ray_scaling"
@@ -161,9 +161,7 @@ def run(args: argparse.Namespace) -> Section:
                    table, notes, mode)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), help="only these models (default: by mode)")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts to run (default: 1 2; --smoke: 2)")
     p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (default 0: CPU, gloo)")
@@ -172,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                                                     "random images of that shape, written to a temporary directory)")
     p.add_argument("--storage-path", help="where Ray keeps the runs; on several nodes a path all of them share "
                                           "(default: a temporary directory here)")
-    args = p.parse_args(argv)
-    args.argv = argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__, argv, add_arguments)
     emit(run(args), args.append)
     return 0
 

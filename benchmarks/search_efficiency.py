@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (Section, TrialLog, add_common_args, base_sweep, command_line, emit, fmt,
-                               markdown_table, mode_of, run_sweep, set_threads)
+from benchmarks.common import (Section, TrialLog, base_sweep, command_line, emit, fmt,
+                               markdown_table, mode_of, parse_args, run_sweep, set_threads)
 
 MODULE = "benchmarks.search_efficiency"
 METRIC = "eval/nll_bpd"
@@ -133,11 +133,8 @@ def run(args: argparse.Namespace) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
-    p.add_argument("--seeds", type=int, nargs="+", help="searcher seeds (default: 0, and 1 in the full size)")
-    args = p.parse_args(argv)
-    args.argv = argv
+    args = parse_args(__doc__, argv, lambda p: p.add_argument(
+        "--seeds", type=int, nargs="+", help="searcher seeds (default: 0, and 1 in the full size)"))
     emit(run(args), args.append)
     return 0
 

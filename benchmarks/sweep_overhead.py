@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (Section, Stopwatch, SweepRun, add_common_args, base_sweep, command_line, emit, fmt,
-                               markdown_table, mode_of, run_sweep, set_threads)
+from benchmarks.common import (Section, Stopwatch, SweepRun, base_sweep, command_line, emit, fmt,
+                               markdown_table, mode_of, parse_args, run_sweep, set_threads)
 
 MODULE = "benchmarks.sweep_overhead"
 
@@ -102,10 +102,7 @@ def run(args: argparse.Namespace) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p)
-    args = p.parse_args(argv)
-    args.argv = argv
+    args = parse_args(__doc__, argv)
     emit(run(args), args.append)
     return 0
 

@@ -1,6 +1,6 @@
 """One evaluation of a trained (EMA) model: NLL and NELBO in bits/dim, samples with their NFE,
-and sample quality (pixel-space Fréchet distance without weights; FID when Inception weights
-exist — never a substitute number under the name FID).
+and sample quality (pixel-space Fréchet distance without weights; FID and the Inception Score
+when Inception weights exist — never a substitute number under those names).
 
 Work is sharded over ranks and reduced, so the figures are global whatever the worker count.
 Evaluation noise is derived from (seed, "eval") only, so successive evaluations of one run and
@@ -33,7 +33,14 @@ def _shard(n: int) -> slice:
 
 
 def likelihood_metrics(config: ExperimentConfig, model: nn.Module, test_data: ImageData, terminal_prior: Any,
-                       device: torch.device) -> dict[str, float]:
+                       device: torch.device, train_data: ImageData | None = None) -> dict[str, float]:
+    """NLL and NELBO in bits/dim on the first ``eval.nll_examples`` test examples (uniform
+    dequantization for 8-bit data: ``eval/nll_bpd``, ``eval/nelbo_bpd``, ...). With
+    ``eval.dequantization: variational`` also the variational-dequantization bounds
+    (``eval/nll_bpd_vardeq``, ``eval/nelbo_bpd_vardeq``, ...; ODE from x_ε with residual and
+    without, the score_sde protocol skipped) with q fitted on ``train_data`` (required then)."""
+    import dataclasses
+
     from st_sweeps.likelihood import LikelihoodConfig, nelbo_bits_per_dim, nll_bits_per_dim
 
     ev = config.eval
@@ -53,7 +60,62 @@ def likelihood_metrics(config: ExperimentConfig, model: nn.Module, test_data: Im
                                  n_probes=ev.nll_probes, n_repeats=ev.nelbo_repeats)
     nelbo = nelbo_bits_per_dim(model, config.sde, x0, lik_nelbo,
                                generator=generator(config.seed, "eval", "nelbo", dist.rank()), **common)
-    return combine_over_ranks({**nll.as_metrics(), **nelbo.as_metrics()}, device)
+    metrics = {**nll.as_metrics(), **nelbo.as_metrics()}
+    if ev.dequantization == "variational":
+        if train_data is None or not test_data.discrete:
+            raise ValueError("likelihood_metrics: eval.dequantization='variational' needs 8-bit data and the "
+                             "training split (train_data) to fit the dequantizer on")
+        deq, fit_bpd = fit_eval_dequantizer(config, model, train_data, terminal_prior, device)
+        nll_v = nll_bits_per_dim(model, config.sde, x0, dataclasses.replace(lik, score_sde_protocol=False),
+                                 generator=generator(config.seed, "eval", "nll_vardeq", dist.rank()), dequantizer=deq,
+                                 **common)
+        nelbo_v = nelbo_bits_per_dim(model, config.sde, x0, lik_nelbo, dequantizer=deq,
+                                     generator=generator(config.seed, "eval", "nelbo_vardeq", dist.rank()), **common)
+        metrics.update({**nll_v.as_metrics(), **nelbo_v.as_metrics(), "eval/dequantizer_fit_bpd": fit_bpd})
+    return combine_over_ranks(metrics, device)
+
+
+def fit_eval_dequantizer(config: ExperimentConfig, model: nn.Module, train_data: ImageData, terminal_prior: Any,
+                         device: torch.device) -> tuple[nn.Module, float]:
+    """q(u|x) for the variational-dequantization bounds, and its final training bound in bits/dim.
+
+    As in Song et al. 2021 (maximum likelihood training of score models): with the score model
+    frozen, q is fitted to maximise E_q[−NELBO(y) − log q(u|x)] on training images, where NELBO
+    is the SDE's bound with the residual term (``nelbo_nats(..., differentiable=True)``, same ε
+    and terminal prior as the evaluation); the NLL is then evaluated with the ODE. Rank 0 fits
+    and broadcasts, so every shard uses one q; all draws come from (seed, "eval",
+    "dequantizer", ...), so q does not depend on the world size. The returned figure is the
+    mean over the last (up to) 50 steps of the training objective as bits/dim (NELBO + log q,
+    offset included): a bound on the training images' NLL, to check the fit converged.
+    """
+    from st_sweeps.dequantization import Dequantizer, fit_dequantizer
+    from st_sweeps.likelihood import nelbo_nats, to_bits_per_dim
+
+    ev = config.eval
+    shape = tuple(train_data.shape)
+    deq = Dequantizer(shape, hidden=ev.dequantizer_hidden,
+                      generator=generator(config.seed, "eval", "dequantizer", "init")).to(device)
+    history: list[float] = []
+    if dist.is_main():
+        g_elbo = generator(config.seed, "eval", "dequantizer", "elbo")
+
+        def log_density(y: torch.Tensor) -> torch.Tensor:
+            _, with_residual = nelbo_nats(model, config.sde, y, eps=config.truncation.eps, generator=g_elbo,
+                                          prior_logp=terminal_prior.log_prob, differentiable=True)
+            return -with_residual
+
+        history = fit_dequantizer(deq, log_density, train_data.images, centered=config.data.centered,
+                                  steps=ev.dequantizer_steps, lr=ev.dequantizer_lr,
+                                  batch_size=ev.dequantizer_batch_size,
+                                  generator=generator(config.seed, "eval", "dequantizer", "fit"))
+    state = {k: v.detach().cpu() for k, v in deq.state_dict().items()}
+    state, history = dist.broadcast_object((state, history))  # type: ignore[misc]
+    deq.load_state_dict(state)
+    deq.eval()
+    tail = torch.tensor(history[-50:], dtype=torch.float64)
+    fit_bpd = to_bits_per_dim(-tail.mean(), train_data.images[0].numel(), discrete=True,
+                              centered=config.data.centered)
+    return deq, float(fit_bpd)
 
 
 def combine_over_ranks(local: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -131,11 +193,13 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
             else:
                 n_ref = config.eval.fid_reference_examples or len(ref)
                 stats = reference_stats(ref[:n_ref], cache, key=f"{train_data.name}-train", weights_path=weights)
-                fid = compute_fid(gen_u8, stats, weights_path=weights)
+                # also the Inception Score, from the same Inception pass
+                fid = compute_fid(gen_u8, stats, weights_path=weights, is_splits=config.eval.inception_score_splits)
+                metrics.update({k: float(v) for k, v in fid.as_metrics().items()})
                 if fid.value is None:
                     tracker.set_tags({"eval/fid_missing_reason": fid.missing_reason})
-                else:
-                    metrics["eval/fid"] = float(fid.value)
+                elif fid.inception_score_missing_reason is not None:  # e.g. fewer samples than IS splits
+                    tracker.set_tags({"eval/inception_score_missing_reason": fid.inception_score_missing_reason})
     return metrics
 
 
@@ -165,7 +229,7 @@ def evaluate_model(config: ExperimentConfig, model: nn.Module, train_data: Image
                    tracker: Any) -> dict[str, float]:
     """The metrics dict (fixed keys) for one evaluation; artifacts go to out_dir and the tracker."""
     model.eval()
-    metrics = likelihood_metrics(config, model, test_data, terminal_prior, device)
+    metrics = likelihood_metrics(config, model, test_data, terminal_prior, device, train_data=train_data)
     if config.eval.num_samples:
         samples, nfe = draw_samples(config, model, tuple(train_data.shape), terminal_prior, device)
         metrics["eval/nfe_sampling"] = float(nfe)

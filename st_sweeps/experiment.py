@@ -14,6 +14,7 @@ from st_sweeps.aux_prior import AuxPrior
 from st_sweeps.config import dump_yaml, flatten, load_dataclass, load_file, to_dict
 from st_sweeps.data import Dataset
 from st_sweeps.errors import ConfigError, require, require_positive, require_range
+from st_sweeps.inception_score import DEFAULT_SPLITS
 from st_sweeps.networks import Network
 from st_sweeps.objectives import Objective
 from st_sweeps.sde import SDE, VPSDE
@@ -60,9 +61,11 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 128  # the global batch, whatever the number of workers
     micro_batch_size: int = 0  # 0: the whole batch at once; else gradient accumulation chunks
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast on CUDA only; CPU runs fp32
-    compile: bool = False
-    channels_last: bool = False
+    # the score model's forward under autocast to bf16/fp16 (fp16 with loss scaling), on any
+    # device; on CPU mainly for checking these paths, as it is slower there than fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False  # torch.compile the training forward (parameter names unchanged)
+    channels_last: bool = False  # NHWC model and inputs for image data
     log_every_steps: int = 10
     eval_every_steps: int = 0  # 0: evaluate once, at the end
     checkpoint_every_steps: int = 0  # 0: only at evaluations and at the end
@@ -86,6 +89,9 @@ class TrainConfig:
         return self.micro_batch_size or self.batch_size
 
 
+DEQUANTIZATIONS: tuple[str, ...] = ("uniform", "variational")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     nll_examples: int = 64  # test examples for NLL and NELBO (0 skips)
@@ -95,6 +101,13 @@ class EvalConfig:
     nll_rtol: float = 1e-5
     nll_atol: float = 1e-5
     nelbo_repeats: int = 4
+    # "variational": also fit q(u|x) on training data against the frozen EMA model's ELBO and report
+    # eval/nll_bpd_vardeq and eval/nelbo_bpd_vardeq beside the uniform eval/nll_bpd (8-bit data only)
+    dequantization: Literal["uniform", "variational"] = "uniform"
+    dequantizer_steps: int = 1000  # Adam steps fitting q
+    dequantizer_lr: float = 1e-3
+    dequantizer_batch_size: int = 64
+    dequantizer_hidden: int = 32  # channels (images) or units (flat data) of q's network
     num_samples: int = 64  # samples for the grid and sample-quality figures (0 skips)
     sampler: Literal["pc", "ode", "euler_maruyama"] = "pc"
     sampler_steps: int = 1000
@@ -105,15 +118,24 @@ class EvalConfig:
     sample_eps: float = 1e-5  # where sampling stops (the paper: 1e-5, 1e-3 at 256 px)
     sample_quality: Literal["pixel_fd", "fid", "both", "none"] = "pixel_fd"
     fid_reference_examples: int = 0  # training images in the FID reference statistics; 0: all (the paper)
+    # chunks the samples are scored in for the Inception Score (mean and std over chunks): 10 is
+    # torch-fidelity's default, 1 the Soft Truncation / score_sde protocol (all samples as one)
+    inception_score_splits: int = DEFAULT_SPLITS
     batch_size: int = 256
 
     def __post_init__(self) -> None:
         for name in ("nll_examples", "num_samples", "fid_reference_examples"):
             require(getattr(self, name) >= 0, name, f"got {getattr(self, name)!r}", "an integer >= 0")
-        for name in ("nll_repeats", "nll_probes", "nelbo_repeats", "sampler_steps", "corrector_steps", "batch_size"):
+        for name in ("nll_repeats", "nll_probes", "nelbo_repeats", "sampler_steps", "corrector_steps", "batch_size",
+                     "inception_score_splits"):
             require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
         require_positive(self.nll_rtol, "nll_rtol")
         require_positive(self.nll_atol, "nll_atol")
+        require(self.dequantization in DEQUANTIZATIONS, "dequantization", f"got {self.dequantization!r}",
+                DEQUANTIZATIONS)
+        for name in ("dequantizer_steps", "dequantizer_batch_size", "dequantizer_hidden"):
+            require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
+        require_positive(self.dequantizer_lr, "dequantizer_lr")
         require_positive(self.snr, "snr")
         require_positive(self.sample_eps, "sample_eps")
 
@@ -138,6 +160,9 @@ class ExperimentConfig:
         self.sde.check_time_range(self.truncation.eps, "truncation.eps")
         require(self.eval.sample_eps < self.sde.T, "eval.sample_eps",
                 f"{self.eval.sample_eps!r} is not below sde.T={self.sde.T}", f"a number in (0, {self.sde.T})")
+        require(self.eval.dequantization == "uniform" or self.data.dataset.discrete, "eval.dequantization",
+                f"'variational' needs 8-bit data, but data.dataset.name={self.data.dataset.registry_name!r} is "
+                "continuous (its NLL is a density, with no dequantization)", "uniform for continuous data")
         if self.model.time_input == "unbounded":
             require(hasattr(self.sde, "integrated_beta"), "model.time_input",
                     f"'unbounded' needs a VP-type SDE, got sde.name={self.sde.registry_name!r}",

@@ -1,4 +1,5 @@
-"""Fréchet distances: FID through torch-fidelity's Inception path, and a weights-free pixel figure.
+"""Fréchet distances: FID through torch-fidelity's Inception path, and a weights-free pixel figure;
+the Inception Score from the same Inception pass.
 
 FID (Heusel et al. 2017) between Gaussian fits N(μ₁, Σ₁), N(μ₂, Σ₂) of Inception pool features:
     FID = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁ Σ₂)^{1/2}.
@@ -7,7 +8,9 @@ Features come from torch-fidelity's ``FeatureExtractorInceptionV3`` (registered 
 the Soft Truncation paper's CIFAR-10 numbers used), fed uint8 [N, 3, H, W] tensors directly (it
 resizes to 299 with TF1-compatible bilinear interpolation itself); grayscale is repeated to three
 channels; no PNG/JPEG round trip. Statistics are those torch-fidelity computes: the mean and the
-unbiased (N − 1) covariance, in float64.
+unbiased (N − 1) covariance, in float64. The same forward pass also returns the classifier's
+"logits_unbiased", from which ``compute_fid`` adds the Inception Score
+(``st_sweeps.inception_score``), so sample-quality evaluation runs Inception once.
 
 Weights: torch-fidelity's own cache file ``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``
 (``torch.hub.get_dir()/checkpoints/…``) or an explicit ``weights_path``. This module never downloads:
@@ -31,11 +34,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from st_sweeps.inception_score import DEFAULT_SPLITS, inception_score_from_logits
+
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                          + INCEPTION_WEIGHTS_FILE)
 FEATURE_EXTRACTOR = "inception-v3-compat"
 FEATURE_LAYER = "2048"
+LOGITS_LAYER = "logits_unbiased"  # what torch-fidelity's isc reads
 
 
 # --- the Fréchet distance itself (pure) --------------------------------------------------
@@ -191,10 +197,11 @@ def weights_identity(path: str | os.PathLike) -> str:
 
 
 def load_inception(weights_path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """torch-fidelity's Inception ("inception-v3-compat", feature "2048") from a local file."""
+    """torch-fidelity's Inception ("inception-v3-compat") from a local file, returning per batch
+    (pool features "2048", "logits_unbiased"); the logits cost one extra matrix product."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    model = FeatureExtractorInceptionV3(FEATURE_EXTRACTOR, [FEATURE_LAYER],
+    model = FeatureExtractorInceptionV3(FEATURE_EXTRACTOR, [FEATURE_LAYER, LOGITS_LAYER],
                                         feature_extractor_weights_path=str(weights_path))
     return model.to(device).eval()
 
@@ -213,12 +220,22 @@ def float_to_uint8(x: Tensor, *, centered: bool) -> Tensor:
 
 
 @torch.no_grad()
-def inception_features(images: Tensor, model: torch.nn.Module, *, batch_size: int = 50) -> Tensor:
-    """Pool-3 features float64 [N, 2048] of uint8 images [N, 1|3, H, W], in batches on the model's device."""
+def inception_outputs(images: Tensor, model: torch.nn.Module, *, batch_size: int = 50) -> tuple[Tensor, Tensor]:
+    """(pool-3 features float64 [N, 2048], logits_unbiased float64 [N, 1008]) of uint8 images
+    [N, 1|3, H, W], in batches on the model's device (a ``load_inception`` model)."""
     images = _as_rgb_uint8(images)
     device = next(model.parameters()).device
-    out = [model(images[i:i + batch_size].to(device))[0].double().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    feats, logits = [], []
+    for i in range(0, len(images), batch_size):
+        f, lg = model(images[i:i + batch_size].to(device))
+        feats.append(f.double().cpu())
+        logits.append(lg.double().cpu())
+    return torch.cat(feats), torch.cat(logits)
+
+
+def inception_features(images: Tensor, model: torch.nn.Module, *, batch_size: int = 50) -> Tensor:
+    """Pool-3 features float64 [N, 2048] of uint8 images [N, 1|3, H, W]."""
+    return inception_outputs(images, model, batch_size=batch_size)[0]
 
 
 # --- reference statistics, cached --------------------------------------------------------
@@ -304,27 +321,54 @@ def reference_stats(images_uint8: Tensor, cache_dir: str | os.PathLike, key: str
 
 @dataclass(frozen=True)
 class FidResult:
+    """FID of the generated images and, from the same Inception pass, their Inception Score."""
+
     value: float | None  # None when it could not be computed; then missing_reason says why
     missing_reason: str | None
     n_generated: int
     n_reference: int
+    inception_score: float | None = None  # mean over splits; None: see inception_score_missing_reason
+    inception_score_std: float | None = None  # population std over the splits
+    inception_score_missing_reason: str | None = None
 
     def as_metrics(self) -> dict[str, float]:
-        """{"eval/fid": value} when computed, else {} (a missing FID is never a number)."""
-        return {} if self.value is None else {"eval/fid": self.value}
+        """{"eval/fid", "eval/inception_score", "eval/inception_score_std"}, each only when computed
+        (a missing value is never a number)."""
+        out = {} if self.value is None else {"eval/fid": self.value}
+        if self.inception_score is not None and self.inception_score_std is not None:
+            out.update({"eval/inception_score": self.inception_score,
+                        "eval/inception_score_std": self.inception_score_std})
+        return out
 
     def as_tags(self) -> dict[str, str]:
-        """{"eval/fid_missing": reason} when missing (a string for the tracker's tags), else {}."""
-        return {} if self.missing_reason is None else {"eval/fid_missing": self.missing_reason}
+        """{"eval/fid_missing_reason": reason, "eval/inception_score_missing_reason": reason} for
+        what is missing (the tracker tags evaluation and the reproduction tables read)."""
+        tags = {} if self.missing_reason is None else {"eval/fid_missing_reason": self.missing_reason}
+        if self.inception_score_missing_reason is not None:
+            tags["eval/inception_score_missing_reason"] = self.inception_score_missing_reason
+        return tags
+
+
+def inception_score_or_reason(logits: Tensor,
+                              splits: int = DEFAULT_SPLITS) -> tuple[float | None, float | None, str | None]:
+    """(IS mean, IS std, None), or (None, None, why) when there are fewer samples than splits: a
+    smaller split count would be another protocol, so the value is missing rather than changed."""
+    if logits.shape[0] < splits:
+        return None, None, (f"Inception Score not computed: {splits} splits need at least {splits} generated "
+                            f"images, got {logits.shape[0]}")
+    mean, std = inception_score_from_logits(logits, splits)
+    return mean, std, None
 
 
 def compute_fid(generated_uint8: Tensor, reference: ReferenceStats | Tensor,
                 weights_path: str | os.PathLike | None = None, *, device: torch.device | str = "cpu",
-                batch_size: int = 50) -> FidResult:
-    """FID of generated uint8 images [N, 1|3, H, W] against reference statistics (or images).
+                batch_size: int = 50, is_splits: int = DEFAULT_SPLITS) -> FidResult:
+    """FID of generated uint8 images [N, 1|3, H, W] against reference statistics (or images), and
+    the generated images' Inception Score over ``is_splits`` splits from the same forward pass.
 
     Weights: ``weights_path``, else torch-fidelity's cache file; when neither exists, value None
-    and ``missing_reason`` with the fix (no download is attempted).
+    and ``missing_reason`` with the fix (no download is attempted); the IS is then missing for
+    the same reason.
     """
     _as_rgb_uint8(generated_uint8)  # fail on bad input before any expensive work
     if not isinstance(reference, ReferenceStats):
@@ -333,7 +377,7 @@ def compute_fid(generated_uint8: Tensor, reference: ReferenceStats | Tensor,
     n_ref = reference.n if isinstance(reference, ReferenceStats) else int(reference.shape[0])
     reason = missing_weights_message(weights_path)
     if reason is not None:
-        return FidResult(None, reason, n_gen, n_ref)
+        return FidResult(None, reason, n_gen, n_ref, inception_score_missing_reason=reason)
     path = resolve_weights_path(weights_path)
     assert path is not None
     wid = weights_identity(path)
@@ -344,5 +388,8 @@ def compute_fid(generated_uint8: Tensor, reference: ReferenceStats | Tensor,
     if not isinstance(reference, ReferenceStats):
         mu, sigma = gaussian_fit(inception_features(reference, model, batch_size=batch_size))
         reference = ReferenceStats(mu, sigma, n_ref, wid)
-    mu_g, sigma_g = gaussian_fit(inception_features(generated_uint8, model, batch_size=batch_size))
-    return FidResult(frechet_distance(mu_g, sigma_g, reference.mu, reference.sigma), None, n_gen, n_ref)
+    feats, logits = inception_outputs(generated_uint8, model, batch_size=batch_size)
+    mu_g, sigma_g = gaussian_fit(feats)
+    is_mean, is_std, is_reason = inception_score_or_reason(logits, is_splits)
+    return FidResult(frechet_distance(mu_g, sigma_g, reference.mu, reference.sigma), None, n_gen, n_ref,
+                     is_mean, is_std, is_reason)

@@ -22,18 +22,28 @@ Protocols (Kim et al. 2022, "Evaluation protocol"; Song et al. 2021):
 bits/dim = nats / (D ln 2) + offset, offset = 8 for 8-bit data in [0, 1], 7 in [−1, 1] (log₂ of
 the number of bins per unit length: the uniformly dequantized density is a density on bins of
 width 1/256, resp. 2/256), and 0 for continuous data.
+
+Dequantization of 8-bit data: uniform (x ← (k + U)/256, the default) or variational (pass a
+``st_sweeps.dequantization.Dequantizer`` q as ``dequantizer``): with u ~ q(·|k) and y the
+model-space point of (k + u)/256,
+    −log P(k) ≤ E_q[−log p(y) + log q(u|k)] + D log(256/a),   a = 1 on [0, 1], 2 on [−1, 1],
+so the variational value is the uniform one's estimator plus log q(u|k)/(D ln 2) at the same
+offset (uniform q has log q = 0). Results carry ``dequantization`` ("uniform", "variational", or
+"none" for continuous data); the variational metrics are keyed ``eval/nll_bpd_vardeq...``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor
 
+from st_sweeps.dequantization import Dequantizer, levels_from_model_space, model_space_from_levels
 from st_sweeps.errors import require, require_positive
 from st_sweeps.ode_solver import solve_ode
 from st_sweeps.sde import SDE, broadcast_to
@@ -137,16 +147,20 @@ def dequantize(x: Tensor, *, centered: bool, generator: torch.Generator) -> Tens
     [k/256, (k+1)/256). Raises ValueError when x is not on the 8-bit grid (e.g. already
     dequantized or continuous data), rather than silently rounding it.
     """
-    x01 = (x + 1) / 2 if centered else x
-    k_float = x01 * 255
-    k = torch.round(k_float)
-    off_grid = float((k_float - k).abs().max()) if x.numel() else 0.0
-    if off_grid > 1e-3 or float(k.min()) < 0 or float(k.max()) > 255:
-        raise ValueError(f"dequantize: data are not 8-bit values k/255 in {'[-1, 1]' if centered else '[0, 1]'} "
-                         f"(largest distance to the grid {off_grid:.3g} bins); pass discrete=False for "
-                         "continuous data, or data not yet dequantized")
-    y01 = (k + _rand(x.shape, generator, x)) / 256
-    return y01 * 2 - 1 if centered else y01
+    k = levels_from_model_space(x, centered=centered)
+    return model_space_from_levels(k, _rand(x.shape, generator, x), centered=centered)
+
+
+def dequantize_variational(x: Tensor, dequantizer: Dequantizer, *, centered: bool,
+                           generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Variational dequantization of 8-bit data in model space (as ``dequantize``): returns
+    y = (k + u)/256 in model space with u ~ q(·|k), and log q(u|k) [B] in nats (no gradient).
+    Add log q to −log p(y) for the bound on −log P(k) (module docstring); the bits/dim offset is
+    unchanged. A dequantizer at its zero initialisation reproduces ``dequantize`` (same draws)."""
+    k = levels_from_model_space(x, centered=centered)
+    with torch.no_grad():
+        u, log_q = dequantizer.sample(k, generator)
+    return model_space_from_levels(k, u.to(x.dtype), centered=centered), log_q.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +262,13 @@ def ode_log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, eps: float,
 # --------------------------------------------------------------------------------------------
 # Residual (decoder) term R̂_ε
 # --------------------------------------------------------------------------------------------
-def residual_nats(score_fn: ScoreFn, sde: SDE, x0: Tensor, z: Tensor, eps: float) -> Tensor:
+def _score_grad(differentiable: bool):
+    """no_grad for evaluation; the caller's autograd mode when the bound must be differentiable."""
+    return nullcontext() if differentiable else torch.no_grad()
+
+
+def residual_nats(score_fn: ScoreFn, sde: SDE, x0: Tensor, z: Tensor, eps: float, *,
+                  differentiable: bool = False) -> Tensor:
     """One-sample estimate of R_ε = E_q[log q(x_ε|x_0) − log p_dec(x_0|x_ε)] in nats, [B].
 
     With x_ε = μ x_0 + σ z (μ = μ(ε), σ = σ(ε)), q(x_ε|x_0) = N(μ x_0, σ² I) and the decoder
@@ -260,12 +280,14 @@ def residual_nats(score_fn: ScoreFn, sde: SDE, x0: Tensor, z: Tensor, eps: float
     The log q term is taken at the same z (its mean −½D is "minus the entropy" of q, −H = −D/2
     log(2πeσ²)); the shared z cancels most of the variance of ‖z + σ s‖². Adding R̂_ε to
     −log p_ε(x_ε) gives an unbiased estimate of the variational bound on −log p(x_0).
+    ``differentiable``: evaluate s_θ under the caller's autograd mode (gradients reach x_0),
+    else under no_grad.
     """
     sde.check_time_range(eps)
     t = _full_t(eps, x0)
     mu, sigma = sde.mean_scale(t), sde.std(t)
     x_eps = sde.perturb(x0, t, z)
-    with torch.no_grad():
+    with _score_grad(differentiable):
         s = score_fn(x_eps, t)
     d = _dim(x0)
     fit = (z + broadcast_to(sigma, z) * s).reshape(x0.shape[0], -1).pow(2).sum(1)
@@ -294,13 +316,26 @@ def _stderr_repeats(v: Tensor) -> float:
     return float(per_repeat.std(unbiased=True) / math.sqrt(n)) if n >= 2 else math.nan
 
 
+def _key_tag(dequantization: str) -> str:
+    """Metric-key infix: uniform (and continuous data) keep the plain keys."""
+    return "_vardeq" if dequantization == "variational" else ""
+
+
+def _same_dequantization(results: Sequence) -> str:
+    kinds = {r.dequantization for r in results}
+    require(len(kinds) == 1, "results", f"mixes dequantizations {sorted(kinds)}", "results of one dequantization")
+    return kinds.pop()
+
+
 @dataclass(frozen=True)
 class NllResult:
     """Probability-flow ODE NLL in bits/dim, per repeat and example ([R, B] each, on the CPU).
 
     with_residual: "paper" protocol (ODE from x_ε plus R̂_ε); without_residual: −log p_ε(x_ε) only;
     score_sde: ODE started at x_0, no residual (None when not computed). nfe: total score-network
-    evaluations over all solves; n_solves: number of ODE solves. Use ``concat`` to merge batches.
+    evaluations over all solves; n_solves: number of ODE solves. dequantization: "uniform",
+    "variational" (metric keys ``eval/nll_bpd_vardeq...``, ``eval/nfe_nll_vardeq...``) or "none"
+    (continuous data). Use ``concat`` to merge batches.
     """
 
     with_residual: Tensor
@@ -308,6 +343,7 @@ class NllResult:
     score_sde: Tensor | None
     nfe: int
     n_solves: int
+    dequantization: str = "uniform"
 
     @property
     def n_examples(self) -> int:
@@ -340,38 +376,44 @@ class NllResult:
         return _stderr_repeats(self.with_residual)
 
     def as_metrics(self) -> dict[str, float]:
-        """Fixed keys; NaN marks a value not computed (score_sde off) or undefined (one example)."""
+        """Fixed keys; NaN marks a value not computed (score_sde off) or undefined (one example).
+        Variational dequantization inserts ``_vardeq`` (``eval/nll_bpd_vardeq``, ...)."""
+        tag = _key_tag(self.dequantization)
+        bpd = f"eval/nll_bpd{tag}"
         return {
-            "eval/nll_bpd": self.bpd_with_residual,
-            "eval/nll_bpd_no_residual": self.bpd_without_residual,
-            "eval/nll_bpd_score_sde": self.bpd_score_sde,
-            "eval/nll_bpd_stderr": self.stderr,
-            "eval/nll_bpd_mc_stderr": self.mc_stderr,
-            "eval/nll_bpd_no_residual_stderr": _stderr_examples(self.without_residual),
-            "eval/nll_bpd_score_sde_stderr": math.nan if self.score_sde is None else _stderr_examples(self.score_sde),
-            "eval/nfe_nll": float(self.nfe),
-            "eval/nfe_nll_per_solve": self.nfe / self.n_solves if self.n_solves else math.nan,
-            "eval/nll_examples": float(self.n_examples),
+            bpd: self.bpd_with_residual,
+            f"{bpd}_no_residual": self.bpd_without_residual,
+            f"{bpd}_score_sde": self.bpd_score_sde,
+            f"{bpd}_stderr": self.stderr,
+            f"{bpd}_mc_stderr": self.mc_stderr,
+            f"{bpd}_no_residual_stderr": _stderr_examples(self.without_residual),
+            f"{bpd}_score_sde_stderr": math.nan if self.score_sde is None else _stderr_examples(self.score_sde),
+            f"eval/nfe_nll{tag}": float(self.nfe),
+            f"eval/nfe_nll{tag}_per_solve": self.nfe / self.n_solves if self.n_solves else math.nan,
+            f"eval/nll{tag}_examples": float(self.n_examples),
         }
 
     @staticmethod
     def concat(results: Sequence["NllResult"]) -> "NllResult":
-        """Merge results on disjoint batches (same n_repeats) along the example axis."""
+        """Merge results on disjoint batches (same n_repeats and dequantization) along the example axis."""
         require(len(results) > 0, "results", "nothing to merge", "one or more NllResult")
         has_sde = all(r.score_sde is not None for r in results)
         return NllResult(
             with_residual=torch.cat([r.with_residual for r in results], 1),
             without_residual=torch.cat([r.without_residual for r in results], 1),
             score_sde=torch.cat([r.score_sde for r in results], 1) if has_sde else None,  # type: ignore[misc]
-            nfe=sum(r.nfe for r in results), n_solves=sum(r.n_solves for r in results))
+            nfe=sum(r.nfe for r in results), n_solves=sum(r.n_solves for r in results),
+            dequantization=_same_dequantization(results))
 
 
 @dataclass(frozen=True)
 class NelboResult:
-    """Negative ELBO of the SDE in bits/dim, per repeat and example ([R, B] each, on the CPU)."""
+    """Negative ELBO of the SDE in bits/dim, per repeat and example ([R, B] each, on the CPU);
+    ``dequantization`` as in ``NllResult`` (keys ``eval/nelbo_bpd_vardeq...`` when variational)."""
 
     with_residual: Tensor
     without_residual: Tensor
+    dequantization: str = "uniform"
 
     @property
     def n_examples(self) -> int:
@@ -390,26 +432,54 @@ class NelboResult:
         return _stderr_examples(self.with_residual)
 
     def as_metrics(self) -> dict[str, float]:
+        bpd = f"eval/nelbo_bpd{_key_tag(self.dequantization)}"
         return {
-            "eval/nelbo_bpd": self.bpd_with_residual,
-            "eval/nelbo_bpd_no_residual": self.bpd_without_residual,
-            "eval/nelbo_bpd_stderr": self.stderr,
-            "eval/nelbo_bpd_no_residual_stderr": _stderr_examples(self.without_residual),
-            "eval/nelbo_bpd_mc_stderr": _stderr_repeats(self.with_residual),
+            bpd: self.bpd_with_residual,
+            f"{bpd}_no_residual": self.bpd_without_residual,
+            f"{bpd}_stderr": self.stderr,
+            f"{bpd}_no_residual_stderr": _stderr_examples(self.without_residual),
+            f"{bpd}_mc_stderr": _stderr_repeats(self.with_residual),
         }
 
     @staticmethod
     def concat(results: Sequence["NelboResult"]) -> "NelboResult":
         require(len(results) > 0, "results", "nothing to merge", "one or more NelboResult")
         return NelboResult(with_residual=torch.cat([r.with_residual for r in results], 1),
-                           without_residual=torch.cat([r.without_residual for r in results], 1))
+                           without_residual=torch.cat([r.without_residual for r in results], 1),
+                           dequantization=_same_dequantization(results))
 
 
 # --------------------------------------------------------------------------------------------
 # NLL in bits/dim (the three protocols)
 # --------------------------------------------------------------------------------------------
-def _prepare(x0: Tensor, discrete: bool, centered: bool, generator: torch.Generator) -> Tensor:
-    return dequantize(x0, centered=centered, generator=generator) if discrete else x0
+def _prepare(x0: Tensor, discrete: bool, centered: bool, generator: torch.Generator,
+             dequantizer: Dequantizer | None) -> tuple[Tensor, Tensor]:
+    """(dequantized x, log q(u|k) [B] in nats): log q = 0 for uniform dequantization and for
+    continuous data (passed through unchanged)."""
+    require(dequantizer is None or discrete, "dequantizer", "given for continuous data (discrete=False)",
+            "None unless the data are 8-bit (discrete=True)")
+    if dequantizer is not None:
+        return dequantize_variational(x0, dequantizer, centered=centered, generator=generator)
+    x = dequantize(x0, centered=centered, generator=generator) if discrete else x0
+    return x, torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+
+
+def dequantization_label(discrete: bool, dequantizer: Dequantizer | None) -> str:
+    """The ``dequantization`` label of a result: variational, uniform, or none (continuous data)."""
+    return "none" if not discrete else ("uniform" if dequantizer is None else "variational")
+
+
+def dequantized_nll_bits_per_dim(log_density_fn: Callable[[Tensor], Tensor], x0: Tensor, *, centered: bool,
+                                 generator: torch.Generator, dequantizer: Dequantizer | None = None) -> Tensor:
+    """One-sample bound on −log₂ P(k)/D [B] for a model with a closed-form density
+    ``log_density_fn(y) -> [B]`` in model space, 8-bit x0 (as ``dequantize``):
+        (−log p(y) + log q(u|k)) / (D ln 2) + log₂(256/a),  y from ``_prepare``
+    (uniform q when ``dequantizer`` is None). The same dequantization and offset as
+    ``nll_bits_per_dim``, with the ODE replaced by the exact density."""
+    x, log_q = _prepare(x0, True, centered, generator, dequantizer)
+    with torch.no_grad():
+        nats = -log_density_fn(x) + log_q
+    return to_bits_per_dim(nats, _dim(x0), discrete=True, centered=centered)
 
 
 def resolve_config(config: LikelihoodConfig | None, settings: dict) -> LikelihoodConfig:
@@ -424,7 +494,8 @@ def resolve_config(config: LikelihoodConfig | None, settings: dict) -> Likelihoo
 
 def nll_bits_per_dim(score_fn: ScoreFn, sde: SDE, x0: Tensor, config: LikelihoodConfig | None = None, *,
                      discrete: bool, centered: bool, generator: torch.Generator,
-                     prior_logp: PriorLogp | None = None, **settings) -> NllResult:
+                     prior_logp: PriorLogp | None = None, dequantizer: Dequantizer | None = None,
+                     **settings) -> NllResult:
     """NLL of x0 (model space, [0, 1] or [−1, 1]; 8-bit values when ``discrete``) in bits/dim.
 
     Settings (eps, rtol, atol, trace, n_probes, n_repeats, max_nfe, score_sde_protocol,
@@ -436,6 +507,9 @@ def nll_bits_per_dim(score_fn: ScoreFn, sde: SDE, x0: Tensor, config: Likelihood
       (b) without residual:         −log p_ε(x_ε)                                    (same solve)
       (c) score_sde:                −log p_ε(x)                                      (ODE from x itself)
     each converted by ``to_bits_per_dim``. Hutchinson probes are fresh per solve.
+    With a ``dequantizer`` q (8-bit data only): x = (k + u)/256 with u ~ q(·|k), and log q(u|k) is
+    added to each of (a)–(c) before the conversion — the variational-dequantization bound of the
+    module docstring, at the same offset; the result is labelled ``dequantization="variational"``.
     """
     cfg = resolve_config(config, settings)
     eps, n_repeats, score_sde_protocol = cfg.eps, cfg.n_repeats, cfg.score_sde_protocol
@@ -446,21 +520,23 @@ def nll_bits_per_dim(score_fn: ScoreFn, sde: SDE, x0: Tensor, config: Likelihood
     rows_a, rows_b, rows_c = [], [], []
     nfe = n_solves = 0
     for _ in range(n_repeats):
-        x = _prepare(x0, discrete, centered, generator)
+        x, log_q = _prepare(x0, discrete, centered, generator, dequantizer)
         z = _randn(x.shape, generator, x)
         x_eps = sde.perturb(x, _full_t(eps, x), z)
         logp_eps, _, n = ode_log_likelihood(score_fn, sde, x_eps, **ode)
         nfe, n_solves = nfe + n, n_solves + 1
         res = residual_nats(score_fn, sde, x, z, eps).to(logp_eps.dtype)
-        rows_a.append(to_bits_per_dim(-logp_eps + res, d, discrete=discrete, centered=centered))
-        rows_b.append(to_bits_per_dim(-logp_eps, d, discrete=discrete, centered=centered))
+        log_q = log_q.to(logp_eps.dtype)
+        rows_a.append(to_bits_per_dim(-logp_eps + res + log_q, d, discrete=discrete, centered=centered))
+        rows_b.append(to_bits_per_dim(-logp_eps + log_q, d, discrete=discrete, centered=centered))
         if score_sde_protocol:
             logp_x, _, n = ode_log_likelihood(score_fn, sde, x, **ode)
             nfe, n_solves = nfe + n, n_solves + 1
-            rows_c.append(to_bits_per_dim(-logp_x, d, discrete=discrete, centered=centered))
+            rows_c.append(to_bits_per_dim(-logp_x + log_q.to(logp_x.dtype), d, discrete=discrete, centered=centered))
     stack = lambda rows: torch.stack(rows).double().cpu()  # noqa: E731
     return NllResult(with_residual=stack(rows_a), without_residual=stack(rows_b),
-                     score_sde=stack(rows_c) if score_sde_protocol else None, nfe=nfe, n_solves=n_solves)
+                     score_sde=stack(rows_c) if score_sde_protocol else None, nfe=nfe, n_solves=n_solves,
+                     dequantization=dequantization_label(discrete, dequantizer))
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,7 +564,7 @@ def _expected_gaussian_prior_nats(sde: SDE, x0: Tensor) -> Tensor:
 
 
 def nelbo_nats(score_fn: ScoreFn, sde: SDE, x0: Tensor, *, eps: float, generator: torch.Generator,
-               prior_logp: PriorLogp | None = None) -> tuple[Tensor, Tensor]:
+               prior_logp: PriorLogp | None = None, differentiable: bool = False) -> tuple[Tensor, Tensor]:
     """One-sample estimates [B] of the SDE's bound on E_{q(x_ε|x_0)}[−log p_ε(x_ε)] (without
     residual) and on −log p(x_0) (with R̂_ε), in nats.
 
@@ -505,13 +581,17 @@ def nelbo_nats(score_fn: ScoreFn, sde: SDE, x0: Tensor, *, eps: float, generator
     (closed form above) for the SDE's Gaussian prior, and a one-sample estimate −log prior(x_T)
     with x_T ~ q(x_T|x_0) when ``prior_logp`` is given. With residual: + R̂_ε(x_0, z') with a
     fresh z' (``residual_nats``). No divergence (hence no probe) is needed in this form.
+    ``differentiable``: s_θ is evaluated under the caller's autograd mode, so both bounds are
+    differentiable in x_0 (reparameterised in t, z); used to fit a variational dequantizer with
+    the score model frozen (as Song et al. 2021 fit theirs to this bound). Default: no gradient
+    through s_θ.
     """
     sde.check_time_range(eps)
     b, d = x0.shape[0], _dim(x0)
     t, inv_p = importance_times(sde, eps, b, generator, x0)
     z = _randn(x0.shape, generator, x0)
     x_t = sde.perturb(x0, t, z)
-    with torch.no_grad():
+    with _score_grad(differentiable):
         s = score_fn(x_t, t)
     sq = (broadcast_to(sde.std(t), z) * s + z).reshape(b, -1).pow(2).sum(1)
     # ½ g² (1/p) (‖s + z/σ‖² − D/σ²) with 1/p = Z σ²/g²; written with inv_p to keep the general form
@@ -527,26 +607,29 @@ def nelbo_nats(score_fn: ScoreFn, sde: SDE, x0: Tensor, *, eps: float, generator
         prior_term = -prior_logp(x_T)
     without = prior_term + diffusion_term + drift_term
     z_eps = _randn(x0.shape, generator, x0)
-    with_res = without + residual_nats(score_fn, sde, x0, z_eps, eps)
+    with_res = without + residual_nats(score_fn, sde, x0, z_eps, eps, differentiable=differentiable)
     return without, with_res
 
 
 def nelbo_bits_per_dim(score_fn: ScoreFn, sde: SDE, x0: Tensor, config: LikelihoodConfig | None = None, *,
                        discrete: bool, centered: bool, generator: torch.Generator,
-                       prior_logp: PriorLogp | None = None, **settings) -> NelboResult:
+                       prior_logp: PriorLogp | None = None, dequantizer: Dequantizer | None = None,
+                       **settings) -> NelboResult:
     """NELBO (``nelbo_nats``) in bits/dim, with fresh dequantization, t, z per repeat.
 
     Uses the settings ``eps`` and ``n_repeats`` (from ``config`` and/or keywords, as in
-    ``nll_bits_per_dim``); the ODE settings do not apply (no solve, no divergence).
+    ``nll_bits_per_dim``); the ODE settings do not apply (no solve, no divergence). With a
+    ``dequantizer``: variational dequantization, log q(u|k) added as in ``nll_bits_per_dim``.
     """
     cfg = resolve_config(config, settings)
     eps, n_repeats = cfg.eps, cfg.n_repeats
     d = _dim(x0)
     rows_with, rows_without = [], []
     for _ in range(n_repeats):
-        x = _prepare(x0, discrete, centered, generator)
+        x, log_q = _prepare(x0, discrete, centered, generator, dequantizer)
         without, with_res = nelbo_nats(score_fn, sde, x, eps=eps, generator=generator, prior_logp=prior_logp)
-        rows_with.append(to_bits_per_dim(with_res, d, discrete=discrete, centered=centered))
-        rows_without.append(to_bits_per_dim(without, d, discrete=discrete, centered=centered))
+        rows_with.append(to_bits_per_dim(with_res + log_q, d, discrete=discrete, centered=centered))
+        rows_without.append(to_bits_per_dim(without + log_q, d, discrete=discrete, centered=centered))
     return NelboResult(with_residual=torch.stack(rows_with).double().cpu(),
-                       without_residual=torch.stack(rows_without).double().cpu())
+                       without_residual=torch.stack(rows_without).double().cpu(),
+                       dequantization=dequantization_label(discrete, dequantizer))

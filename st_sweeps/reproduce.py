@@ -58,6 +58,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 from st_sweeps.config import apply_overrides, load_dataclass, read_yaml, to_dict
 from st_sweeps.errors import ConfigError, require
 from st_sweeps.experiment import ExperimentConfig, config_params, config_yaml, experiment_from_dict
+from st_sweeps.inception_score import DEFAULT_SPLITS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_DIR = REPO_ROOT / "reproductions" / "manifests"
@@ -67,25 +68,29 @@ SCALES = ("smoke", "paper")
 EXIT_MISSING = 2  # missing data or weights, or a bad manifest / argument
 SMOKE_BANNER = "SMOKE SCALE — not a reproduction"
 
-Metric = Literal["nll_bpd", "nelbo_bpd", "fid", "inception_score"]
+Metric = Literal["nll_bpd", "nll_bpd_vardeq", "nelbo_bpd", "fid", "inception_score"]
 Dequantization = Literal["uniform", "variational", "not_stated"]
 
 
 @dataclass(frozen=True)
 class MetricInfo:
     label: str
-    key: str | None  # the evaluation's metric key (None: st_sweeps does not compute it)
+    key: str  # the evaluation's metric key
     decimals: int
     bits_per_dim: bool
+    # the one dequantization this metric is measured with (its label names it), so a paper figure
+    # under it must be that one; None: the paper figure says which (bits/dim metrics) or has none
+    dequantization: Dequantization | None = None
 
 
 METRICS: dict[str, MetricInfo] = {
     "nll_bpd": MetricInfo("NLL (bpd)", "eval/nll_bpd", 3, True),
+    # only rows whose eval config has dequantization: variational measure it
+    "nll_bpd_vardeq": MetricInfo("NLL, var. deq. (bpd)", "eval/nll_bpd_vardeq", 3, True, "variational"),
     "nelbo_bpd": MetricInfo("NELBO (bpd)", "eval/nelbo_bpd", 3, True),
     "fid": MetricInfo("FID", "eval/fid", 2, False),
-    "inception_score": MetricInfo("IS", None, 2, False),
+    "inception_score": MetricInfo("IS", "eval/inception_score", 2, False),
 }
-NOT_COMPUTED_IS = "not computed: st_sweeps' evaluation has no Inception Score"
 
 
 # ================================================================================ manifest schema
@@ -120,7 +125,8 @@ class AlsoReported:
 
 @dataclass(frozen=True)
 class PaperNumbers:
-    nll_bpd: PaperValue
+    nll_bpd: PaperValue  # compared with our uniform-dequantization NLL
+    nll_bpd_vardeq: PaperValue  # compared with our variational-dequantization NLL
     nelbo_bpd: PaperValue
     fid: PaperValue
     inception_score: PaperValue
@@ -130,6 +136,12 @@ class PaperNumbers:
         for name in ("fid", "inception_score"):
             require(getattr(self, name).dequantization is None, f"{name}.dequantization",
                     "only bits/dim metrics have a dequantization", "null (leave it out)")
+        require(self.nll_bpd.dequantization != "variational", "nll_bpd.dequantization",
+                "a variational-dequantization figure is compared under nll_bpd_vardeq",
+                "uniform, not_stated (or move the figure to nll_bpd_vardeq)")
+        require(self.nll_bpd_vardeq.dequantization in (None, "variational"), "nll_bpd_vardeq.dequantization",
+                f"got {self.nll_bpd_vardeq.dequantization!r}: this metric is variational dequantization",
+                "variational, or null")
         for i, extra in enumerate(self.also_reported):
             if not METRICS[extra.metric].bits_per_dim:
                 require(extra.dequantization is None, f"also_reported[{i}].dequantization",
@@ -171,11 +183,14 @@ class SmokeScale:
     num_samples: int = 16
     sampler_steps: int = 20  # capped at the row's own
     eval_batch_size: int = 16
+    dequantizer_steps: int = 2  # rows with variational dequantization; capped at the row's own
+    dequantizer_batch_size: int = 8  # capped at the row's own
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted experiment keys, applied last
 
     def __post_init__(self) -> None:
         for name in ("image_size", "seeds", "channels", "blocks_per_resolution", "steps", "batch_size",
-                     "log_every_steps", "nelbo_repeats", "sampler_steps", "eval_batch_size"):
+                     "log_every_steps", "nelbo_repeats", "sampler_steps", "eval_batch_size", "dequantizer_steps",
+                     "dequantizer_batch_size"):
             require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
         for name in ("warmup_steps", "nll_examples", "num_samples"):
             require(getattr(self, name) >= 0, name, f"got {getattr(self, name)!r}", "an integer >= 0")
@@ -291,9 +306,12 @@ def smoke_config(row: Row, smoke: SmokeScale, dataset: str, seed: int, fid_avail
     weighting, network family and its switches, time input, optimiser, EMA rate, sampler kind.
     Changed: image size; network width, levels (attention at the lowest level if the row's network
     has attention, else none), blocks and time-embedding width; steps, batch, warm-up; evaluation
-    size and ODE tolerances (NLL examples and sampler steps capped at the row's own); sample
-    quality: FID (and the pixel Fréchet distance) when Inception weights exist, else the pixel
-    distance only. Then ``smoke.overrides``."""
+    size and ODE tolerances (NLL examples and sampler steps capped at the row's own); with
+    variational dequantization, a few dequantizer steps on small batches (capped at the row's
+    own), so its NLL line is measured, not skipped; sample quality: FID (and the pixel Fréchet
+    distance) when Inception weights exist, else the pixel distance only. Kept in the evaluation:
+    the dequantization, the Inception Score's splits (any sample count ≥ splits works; the paper
+    rows' 1 split always does). Then ``smoke.overrides``."""
     s = smoke
     data = row.experiment_dict(seed, dataset)
     paper_eval = data.get("eval", {})
@@ -315,6 +333,11 @@ def smoke_config(row: Row, smoke: SmokeScale, dataset: str, seed: int, fid_avail
         "sampler_steps": min(s.sampler_steps, paper_eval.get("sampler_steps", defaults.sampler_steps)),
         "sample_quality": "both" if fid_available else "pixel_fd",
     }
+    if paper_eval.get("dequantization") == "variational":
+        data["eval"].update(
+            dequantizer_steps=min(s.dequantizer_steps, paper_eval.get("dequantizer_steps", defaults.dequantizer_steps)),
+            dequantizer_batch_size=min(s.dequantizer_batch_size,
+                                       paper_eval.get("dequantizer_batch_size", defaults.dequantizer_batch_size)))
     data = apply_overrides(data, s.overrides)
     try:
         return experiment_from_dict(data)
@@ -354,14 +377,22 @@ def describe_config(config: ExperimentConfig) -> str:
     ev = c.eval
     sampler = ev.sampler if ev.sampler != "pc" else f"pc({ev.predictor}+{ev.corrector}" + (
         f", snr {ev.snr:g}" if ev.corrector != "none" else "") + ")"
-    nll = (f"NLL/NELBO on {ev.nll_examples} test images (uniform dequantization, rtol=atol={ev.nll_rtol:g}, "
+    deq = "uniform dequantization" + (
+        f", and variational (q fitted {ev.dequantizer_steps} steps at batch {ev.dequantizer_batch_size}, "
+        f"lr {ev.dequantizer_lr:g}, hidden {ev.dequantizer_hidden})" if ev.dequantization == "variational" else "")
+    nll = (f"NLL/NELBO on {ev.nll_examples} test images ({deq}, rtol=atol={ev.nll_rtol:g}, "
            f"{ev.nll_repeats} pass(es), NELBO {ev.nelbo_repeats})" if ev.nll_examples else "no NLL")
+    quality = ev.sample_quality + (f", IS over {_splits(ev.inception_score_splits)}" if _has_fid(c) else "")
     return (f"{c.data.dataset.shape[1]}px, {type(c.sde).registry_name}({sde}); {type(net).registry_name} "  # type: ignore[attr-defined]
             f"nf={getattr(net, 'channels', '?')} mult={list(getattr(net, 'channel_multipliers', []))} "
             f"blocks={getattr(net, 'blocks_per_resolution', '?')}; truncation {trunc}; objective {obj_text}; "
             f"batch {c.train.batch_size} × {c.train.steps} steps, lr {c.optim.lr:g}, warm-up {c.optim.warmup_steps}, "
             f"EMA {c.optim.ema_decay:g}; sampler {sampler}, {ev.sampler_steps} steps, NFE {expected_nfe(c)}; "
-            f"{ev.num_samples} samples ({ev.sample_quality}); {nll}")
+            f"{ev.num_samples} samples ({quality}); {nll}")
+
+
+def _splits(n: int) -> str:
+    return f"{n} split" + ("s" if n != 1 else "")
 
 
 def _short(v: Any) -> str:
@@ -562,13 +593,20 @@ def missing_reasons(config: ExperimentConfig, tags: Mapping[str, str], weights_s
     reasons: dict[str, str] = {}
     if config.eval.nll_examples == 0:
         why = "not evaluated: eval.nll_examples = 0 for this row (the paper reports no likelihood here)"
-        reasons["eval/nll_bpd"] = reasons["eval/nelbo_bpd"] = why
+        reasons["eval/nll_bpd"] = reasons["eval/nelbo_bpd"] = reasons["eval/nll_bpd_vardeq"] = why
+    elif config.eval.dequantization != "variational":
+        reasons["eval/nll_bpd_vardeq"] = ("not evaluated: this row's eval.dequantization is "
+                                          f"{config.eval.dequantization!r} (variational is opt-in)")
     if config.eval.num_samples == 0:
         reasons["eval/fid"] = "not evaluated: eval.num_samples = 0"
     elif not _has_fid(config):
         reasons["eval/fid"] = f"not computed: {weights_status}"
     elif "eval/fid_missing_reason" in tags:
         reasons["eval/fid"] = f"not computed: {tags['eval/fid_missing_reason']}"
+    if "eval/fid" in reasons:  # the IS comes from FID's Inception pass: missing with it, for its reason
+        reasons["eval/inception_score"] = reasons["eval/fid"]
+    elif "eval/inception_score_missing_reason" in tags:
+        reasons["eval/inception_score"] = f"not computed: {tags['eval/inception_score_missing_reason']}"
     return reasons
 
 
@@ -649,9 +687,7 @@ def aggregate(row: Row, results: Sequence[SeedResult], seeds: Sequence[int], not
         pv = row.paper.get(metric)
         values: tuple[float, ...] = ()
         reason = ""
-        if info.key is None:
-            reason = NOT_COMPUTED_IS
-        elif len(results) < len(seeds):
+        if len(results) < len(seeds):
             done = {r.seed for r in results}
             reason = not_run.format(seeds=", ".join(str(s) for s in seeds if s not in done))
         else:
@@ -683,6 +719,8 @@ def format_paper(v: float) -> str:
 
 def metric_label(cell: Cell) -> str:
     label = METRICS[cell.metric].label
+    if METRICS[cell.metric].dequantization is not None:  # the label names it already
+        return label
     if cell.paper_dequantization and cell.paper_dequantization != "not_stated":
         label += f", {cell.paper_dequantization} deq."
     return label
@@ -733,9 +771,20 @@ def notes_lines(manifest: Manifest, scale: str, configs: Mapping[str, Experiment
                  + ("TF Inception against the training images — the same protocol."
                     if manifest.protocol.paper_fid == "tf_inception"
                     else "a clean-fid variant in 'clean' mode (PIL bicubic resizing) — a different protocol."))
-    lines.append("- NLL here: uniform dequantization. Where the paper's figure used variational dequantization "
-                 "(not implemented here) it is listed as 'not comparable'; ours is compared with the "
-                 "uniform-dequantization figure where the paper gave one.")
+    splits = sorted({c.eval.inception_score_splits for c in configs.values()})
+    if splits:
+        how = (_splits(splits[0]) if len(splits) == 1
+               else " or ".join(map(str, splits)) + " splits (per row: see its config line)")
+        lines.append(f"- Inception Score here: from the logits ('logits_unbiased') of the FID pass, exp of the mean "
+                     f"KL over {how} of the samples (eval.inception_score_splits; 1 is the paper's protocol, all "
+                     f"samples scored together; torch-fidelity's isc default is {DEFAULT_SPLITS}); missing whenever "
+                     "FID is.")
+    lines.append("- NLL here: `NLL (bpd)` is uniform dequantization, compared with the paper's uniform (or unstated) "
+                 "figure. `NLL, var. deq. (bpd)` is variational dequantization, measured only for rows whose config "
+                 "sets eval.dequantization = variational: a small q(u|x) of our own (a network with a per-pixel "
+                 "logistic output, not the paper's dequantizer) fitted on training images against the frozen EMA "
+                 "model's SDE bound, then the ODE bound E_q[−log p + log q]; compared with the paper's variational "
+                 "figure.")
     lines.extend(f"- {n}" for n in manifest.protocol.notes)
     lines += ["", "### Rows", ""]
     for row in manifest.rows:
@@ -1215,7 +1264,8 @@ def row_metrics(row: Row, results: Sequence[SeedResult], seeds: Sequence[int]) -
     """Per-seed values and the aggregates over seeds, for the row's MLflow run."""
     metrics: dict[str, float] = {}
     for r in results:
-        for k in ("eval/nll_bpd", "eval/nelbo_bpd", "eval/fid", "eval/pixel_fd", "eval/nfe_sampling"):
+        for k in (*(info.key for info in METRICS.values()), "eval/dequantizer_fit_bpd", "eval/pixel_fd",
+                  "eval/nfe_sampling"):
             if k in r.metrics:
                 metrics[f"seed_{r.seed}/{k}"] = r.metrics[k]
     for c in aggregate(row, results, seeds, "not run: seeds {seeds}"):

@@ -44,7 +44,7 @@ from st_sweeps.experiment import ExperimentConfig
 # each of them in every report, so only keys the evaluation always produces are allowed).
 OBJECTIVE_METRICS: tuple[str, ...] = (
     "eval/nll_bpd", "eval/nelbo_bpd", "eval/nll_bpd_no_residual", "eval/nelbo_bpd_no_residual",
-    "eval/pixel_fd", "eval/fid", "eval/nfe_nll", "eval/nfe_sampling", "train/loss",
+    "eval/pixel_fd", "eval/fid", "eval/inception_score", "eval/nfe_nll", "eval/nfe_sampling", "train/loss",
 )
 Mode = Literal["min", "max"]
 SEARCHERS: tuple[str, ...] = ("tpe", "nsga2", "random", "grid")
@@ -634,16 +634,16 @@ def _check_metrics_available(space: SearchSpace) -> None:
         if metric.startswith(("eval/nll", "eval/nelbo", "eval/nfe_nll")):
             require(ev.nll_examples > 0, where, f"{metric} needs base eval.nll_examples > 0",
                     "a metric the evaluation computes")
-        if metric in ("eval/pixel_fd", "eval/fid", "eval/nfe_sampling"):
+        if metric in ("eval/pixel_fd", "eval/fid", "eval/inception_score", "eval/nfe_sampling"):
             require(ev.num_samples > 0, where, f"{metric} needs base eval.num_samples > 0",
                     "a metric the evaluation computes")
         if metric == "eval/pixel_fd":
             require(ev.sample_quality in ("pixel_fd", "both"), where,
                     f"eval/pixel_fd needs base eval.sample_quality pixel_fd or both, got {ev.sample_quality!r}",
                     "a metric the evaluation computes")
-        if metric == "eval/fid":
+        if metric in ("eval/fid", "eval/inception_score"):
             require(ev.sample_quality in ("fid", "both"), where,
-                    f"eval/fid needs base eval.sample_quality fid or both, got {ev.sample_quality!r}",
+                    f"{metric} needs base eval.sample_quality fid or both, got {ev.sample_quality!r}",
                     "a metric the evaluation computes")
 
 

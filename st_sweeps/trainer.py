@@ -17,6 +17,7 @@ import functools
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -39,6 +40,11 @@ from st_sweeps.seeding import derive_seed, generator
 from st_sweeps.tracking import JsonlTracker, MultiTracker, NullTracker, Tracker
 
 Reporter = Callable[[int, dict[str, float], "Path | None"], None]
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# how a run executes, not what it computes (the same weights and losses to float rounding): a
+# checkpoint resumes or evaluates across them, e.g. a compiled GPU run on a CPU without compile
+EXECUTION_ONLY = frozenset({"train.compile", "train.channels_last"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,6 +87,19 @@ def select_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.lru_cache(maxsize=8)
+def autocast_runs_in(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a matmul under ``torch.autocast(device.type, dtype)`` really runs in ``dtype``:
+    for a dtype its device does not support, autocast warns and switches itself off."""
+    if not torch.amp.is_autocast_available(device.type):
+        return False
+    a = torch.ones(2, 2, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autocast(device.type, dtype=dtype):
+            return torch.mm(a, a).dtype == dtype
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "epoch", epoch))
 
@@ -115,6 +134,7 @@ class Trainer:
         self.config = config
         self.paths = RunPaths(Path(run_dir))
         self.device = select_device(device)
+        self.amp_dtype = self._autocast_dtype()  # before the data and model: a bad precision fails fast
         self.rank, self.world = dist.rank(), dist.world_size()
         self.progress = progress and self.rank == 0
         self.on_evaluation = on_evaluation
@@ -136,8 +156,14 @@ class Trainer:
         self.ema = EMA(self.model, config.optim.ema_decay)
         self.optimizer = self._build_optimizer()
         self._params = list(self.model.parameters())
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self._autocast_dtype() == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.net = wrap_model(self.model) if wrap_model else self.model
+        # compiled from outside the (DDP-wrapped) model, never in place: parameter names, so
+        # model, EMA and checkpoint keys, stay those of the eager model (an in-place
+        # ``model.net = torch.compile(model.net)`` prefixes them with "_orig_mod." and hands the
+        # EMA a compiled copy), and DDP is compiled whole, PyTorch's recommended order
+        self._forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = (
+            torch.compile(self.net) if config.train.compile else self.net)
         self.diagnostics = LossByTime(config.truncation.eps, config.sde.T, config.train.diagnostics_bins)
         self.terminal_prior = self._fit_terminal_prior()
         self.step = 0
@@ -154,8 +180,6 @@ class Trainer:
         model = ScoreModel(net, self.config.sde, self.config.model.time_input, eps=self.config.truncation.eps)
         if self.config.train.channels_last and len(self.train_data.shape) == 3:
             model = model.to(memory_format=torch.channels_last)
-        if self.config.train.compile:
-            model.net = torch.compile(model.net)  # type: ignore[assignment]
         return model
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -164,10 +188,16 @@ class Trainer:
         return cls(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
     def _autocast_dtype(self) -> torch.dtype | None:
+        """The dtype the score model's forward autocasts to (None: fp32, no autocast), on any
+        device whose autocast really runs it: never a silent fp32 run in its place."""
         p = self.config.train.precision
-        if p == "fp32" or self.device.type != "cuda":
+        if p == "fp32":
             return None
-        return torch.bfloat16 if p == "bf16" else torch.float16
+        if not autocast_runs_in(self.device, _AUTOCAST_DTYPES[p]):
+            allowed = ["fp32"] + [k for k, d in _AUTOCAST_DTYPES.items() if autocast_runs_in(self.device, d)]
+            raise ConfigError("train.precision", f"autocast to {p} does not run on {self.device.type} "
+                              f"with torch {torch.__version__}", allowed)
+        return _AUTOCAST_DTYPES[p]
 
     def _fit_terminal_prior(self) -> Any:
         n = min(len(self.train_data.images), 4096)
@@ -213,7 +243,6 @@ class Trainer:
         my_chunks = range(self.rank, self.n_chunks, self.world)
         scale = self.chunk_size * self.world / cfg.train.batch_size  # DDP averages over ranks
         total = 0.0
-        amp = self._autocast_dtype()
         for i, chunk in enumerate(my_chunks):
             x0, ref, gen = self._chunk_batch(step, chunk)
             self._seed_dropout(derive_seed(cfg.seed, "dropout", step, chunk))
@@ -221,13 +250,12 @@ class Trainer:
 
             def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 times.append(t.detach())
-                return self.net(x, t)
+                return self.score(x, t)
 
             sync = contextlib.nullcontext() if i == len(my_chunks) - 1 or not hasattr(self.net, "no_sync") \
                 else self.net.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-                    per_example = cfg.objective.loss(cfg.sde, score_fn, x0, tau, gen, reference=ref)
+                per_example = cfg.objective.loss(cfg.sde, score_fn, x0, tau, gen, reference=ref)
                 loss = per_example.float().mean()
                 self.scaler.scale(loss * scale).backward()
             total += float(loss.detach()) * self.chunk_size / (cfg.train.batch_size / self.world)
@@ -246,6 +274,23 @@ class Trainer:
         self.step += 1
         return {"train/loss": total, "train/tau": float(tau), "train/lr": self.lr_at(step),
                 "train/grad_norm": grad_norm}
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the training forward runs in: autocast to ``train.precision``, or none."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """s_θ(x, t) as training computes it (compiled, in the training precision), returned in
+        x's dtype. Only the score model's forward runs under autocast (the network, and the
+        division of its output by σ(t) in the output's dtype); the SDE marginals, the target,
+        the weighting and the loss around it stay float32."""
+        if self.config.train.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a no-op when x_t kept x_0's layout
+        with self.autocast():
+            s = self._forward(x, t)
+        return s.to(x.dtype)
 
     def _seed_dropout(self, seed: int) -> None:
         """The global RNG (dropout) for one chunk: CPU, and the model's GPU when it has one.
@@ -286,10 +331,10 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        saved, current = state["config"], to_dict(self.config)
-        if saved != current:
-            diff = sorted(k for k in set(_flat(saved)) | set(_flat(current))
-                          if _flat(saved).get(k) != _flat(current).get(k))
+        saved, current = _flat(state["config"]), _flat(to_dict(self.config))
+        diff = sorted(k for k in set(saved) | set(current)
+                      if k not in EXECUTION_ONLY and saved.get(k) != current.get(k))
+        if diff:
             raise ConfigError("config", f"the checkpoint was written by a different config (differs at {', '.join(diff[:8])}); "
                               "use a new run directory, or the config the run started with")
         self.model.load_state_dict(state["model"])

@@ -274,3 +274,19 @@ def test_unhashable_registry_name_raises_config_error() -> None:
 
 def test_huge_integer_for_a_float_raises_config_error() -> None:
     _error({"lr": 10 ** 400})
+
+
+# --------------------------------------------------------------------------- the experiment tree
+def test_inception_score_splits_default_to_torch_fidelity_and_must_be_positive() -> None:
+    from st_sweeps.experiment import experiment_from_dict
+
+    assert experiment_from_dict({}).eval.inception_score_splits == 10
+    assert experiment_from_dict({"eval": {"inception_score_splits": 1}}).eval.inception_score_splits == 1
+    for bad in (0, -3):
+        with pytest.raises(ConfigError) as err:
+            experiment_from_dict({"eval": {"inception_score_splits": bad}})
+        assert err.value.field == "eval.inception_score_splits"
+        assert f"got {bad}" in str(err.value) and "an integer >= 1" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        experiment_from_dict({"eval": {"inception_score_splits": 2.5}})
+    assert err.value.field == "eval.inception_score_splits"

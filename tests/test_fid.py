@@ -1,6 +1,7 @@
 """Fréchet distances: the pure formula against closed forms, FID through torch-fidelity's Inception
 path with a locally saved random Inception (conftest.random_inception_weights; no network), the
-cross-check with torch_fidelity.calculate_metrics, missing weights, and the reference-stats cache.
+cross-check with torch_fidelity.calculate_metrics (FID, and the Inception Score from the same pass),
+missing weights, and the reference-stats cache.
 
 FID values with random weights only order sets; they are not comparable with real FIDs. Feature
 extraction costs ~0.2 s per image on an idle 2-core CPU (several times more on a loaded one), so
@@ -9,6 +10,7 @@ the Inception tests use 16 images of 32×32 and are marked slow.
 
 from __future__ import annotations
 
+import math
 import socket
 import urllib.request
 from pathlib import Path
@@ -135,8 +137,9 @@ def test_missing_weights_give_no_value_and_say_how_to_fix(no_network: list[str],
     assert INCEPTION_WEIGHTS_FILE in res.missing_reason
     assert str(tmp_path / "torch_home" / "hub" / "checkpoints") in res.missing_reason
     assert "weights_path" in res.missing_reason
-    assert res.as_metrics() == {}
-    assert res.as_tags() == {"eval/fid_missing": res.missing_reason}
+    assert res.as_metrics() == {}  # neither FID nor the Inception Score
+    assert res.as_tags() == {"eval/fid_missing_reason": res.missing_reason,
+                             "eval/inception_score_missing_reason": res.missing_reason}
 
     missing = tmp_path / "nowhere" / INCEPTION_WEIGHTS_FILE
     res = compute_fid(imgs, imgs, weights_path=missing)
@@ -149,6 +152,11 @@ def test_missing_weights_give_no_value_and_say_how_to_fix(no_network: list[str],
 def test_fid_result_metrics() -> None:
     assert FidResult(1.5, None, 10, 20).as_metrics() == {"eval/fid": 1.5}
     assert FidResult(1.5, None, 10, 20).as_tags() == {}
+    with_is = FidResult(1.5, None, 10, 20, inception_score=3.0, inception_score_std=0.25)
+    assert with_is.as_metrics() == {"eval/fid": 1.5, "eval/inception_score": 3.0, "eval/inception_score_std": 0.25}
+    too_few = FidResult(1.5, None, 4, 20, inception_score_missing_reason="too few")
+    assert too_few.as_metrics() == {"eval/fid": 1.5}
+    assert too_few.as_tags() == {"eval/inception_score_missing_reason": "too few"}
 
 
 # --- reference statistics cache ----------------------------------------------------------
@@ -224,7 +232,7 @@ def test_fid_of_a_set_with_itself_is_zero(fid_by_noise_level) -> None:
     print(f"FID(X, X) = {res.value!r}")
     assert res.missing_reason is None and res.n_generated == res.n_reference == N_IMAGES
     assert abs(res.value) < 1e-6
-    assert res.as_metrics() == {"eval/fid": res.value}
+    assert res.as_metrics()["eval/fid"] == res.value
     assert len(list(cache.glob("fid-ref-toy-train-*.npz"))) == 1
 
 
@@ -237,11 +245,14 @@ def test_fid_grows_with_noise(fid_by_noise_level) -> None:
     assert values[1] > 1e-3  # the random Inception is not collapsed
 
 
-@pytest.mark.slow
-def test_fid_matches_torch_fidelity_calculate_metrics(fid_by_noise_level, random_inception_weights: Path) -> None:
+@pytest.fixture(scope="module")
+def torch_fidelity_at_noise_01(fid_by_noise_level, random_inception_weights: Path) -> dict[str, float]:
+    """torch_fidelity.calculate_metrics (FID and isc, one feature pass) of the noise-0.1 images
+    against the clean ones. Samples unshuffled: our IS splits in the given order (see
+    st_sweeps.inception_score)."""
     import torch_fidelity
 
-    x, ref_u8, _, results = fid_by_noise_level
+    x, ref_u8, _, _ = fid_by_noise_level
 
     class Images(torch.utils.data.Dataset):
         def __init__(self, images: torch.Tensor):
@@ -253,19 +264,44 @@ def test_fid_matches_torch_fidelity_calculate_metrics(fid_by_noise_level, random
         def __getitem__(self, i: int) -> torch.Tensor:
             return self.images[i]
 
-    theirs = torch_fidelity.calculate_metrics(
-        input1=Images(_noisy(x, 0.1)), input2=Images(ref_u8), fid=True,
+    return torch_fidelity.calculate_metrics(
+        input1=Images(_noisy(x, 0.1)), input2=Images(ref_u8), fid=True, isc=True, samples_shuffle=False,
         feature_extractor_weights_path=str(random_inception_weights), cuda=False, cache=False,
-        save_cpu_ram=True, verbose=False, batch_size=N_IMAGES)["frechet_inception_distance"]
+        save_cpu_ram=True, verbose=False, batch_size=N_IMAGES)
+
+
+@pytest.mark.slow
+def test_fid_matches_torch_fidelity_calculate_metrics(fid_by_noise_level, torch_fidelity_at_noise_01) -> None:
+    _, _, _, results = fid_by_noise_level
+    theirs = torch_fidelity_at_noise_01["frechet_inception_distance"]
     ours = results[0.1].value
     print(f"FID at noise 0.1: ours {ours!r}, torch-fidelity {theirs!r}")
     assert ours == pytest.approx(theirs, rel=1e-3)
 
 
 @pytest.mark.slow
+def test_inception_score_matches_torch_fidelity_calculate_metrics(fid_by_noise_level,
+                                                                  torch_fidelity_at_noise_01) -> None:
+    _, _, _, results = fid_by_noise_level
+    res = results[0.1]
+    theirs = torch_fidelity_at_noise_01
+    print(f"IS at noise 0.1: ours {res.inception_score!r} ± {res.inception_score_std!r}, torch-fidelity "
+          f"{theirs['inception_score_mean']!r} ± {theirs['inception_score_std']!r}")
+    assert res.inception_score_missing_reason is None
+    # the random Inception's logits are small, so its IS is 1 + O(1e-5): compare log IS (the mean KL
+    # exponent), which a relative tolerance on IS itself would not test
+    assert res.inception_score > 1.0
+    assert math.log(res.inception_score) == pytest.approx(math.log(theirs["inception_score_mean"]), rel=1e-5)
+    assert res.inception_score_std == pytest.approx(theirs["inception_score_std"], rel=1e-5)
+    assert res.as_metrics()["eval/inception_score"] == res.inception_score
+
+
+@pytest.mark.slow
 def test_grayscale_is_repeated_to_three_channels(random_inception_weights: Path) -> None:
     gray = float_to_uint8(_images(3)[:, :1], centered=False)
     model = fid.load_inception(random_inception_weights)
-    a = fid.inception_features(gray, model)
-    b = fid.inception_features(gray.repeat(1, 3, 1, 1), model)
+    a, logits_a = fid.inception_outputs(gray, model)
+    b, logits_b = fid.inception_outputs(gray.repeat(1, 3, 1, 1), model)
     assert a.shape == (3, 2048) and torch.equal(a, b)
+    assert logits_a.shape == (3, 1008) and torch.equal(logits_a, logits_b)
+    assert torch.equal(fid.inception_features(gray, model), a)  # the FID-only view of the same pass

@@ -143,12 +143,74 @@ def test_smoke_measures_what_the_rows_evaluate_and_says_why_the_rest_is_missing(
     nll = by[("cifar10", "ddpmpp_vp_fid_st", "nll_bpd", "yes")]
     assert float(nll["ours_mean"]) > 0 and nll["ours_std"] != ""  # two seeds: a spread
     assert float(nll["ours_minus_paper"]) == pytest.approx(float(nll["ours_mean"]) - 3.03)
-    variational = by[("cifar10", "ddpmpp_vp_fid_st", "nll_bpd", "no")]
-    assert variational["paper"] == "2.91" and "not comparable" in variational["missing_reason"]
+    variational = by[("cifar10", "ddpmpp_vp_fid_st", "nll_bpd_vardeq", "yes")]  # measured at smoke scale too
+    assert variational["paper"] == "2.91" and variational["paper_dequantization"] == "variational"
+    assert float(variational["ours_minus_paper"]) == pytest.approx(float(variational["ours_mean"]) - 2.91)
+    assert int(variational["n_seeds_with_value"]) == 2 and variational["missing_reason"] == ""
+    assert not any(c == "no" for (_, _, _, c) in by)  # nothing is recorded without a comparison
+    assert "eval.dequantization is 'uniform'" in by[("cifar10", "uncsnpp_rve_st", "nll_bpd_vardeq", "yes")][
+        "missing_reason"]
+    assert "nll_examples = 0" in by[("stl10", "uncsnpp_rve_st", "nll_bpd_vardeq", "yes")]["missing_reason"]
     assert by[("celeba", "uncsnpp_rve_st", "nelbo_bpd", "yes")]["ours_mean"] != ""
     assert "Inception weights" in by[("cifar10", "uncsnpp_rve_st", "fid", "yes")]["missing_reason"]
-    assert "Inception Score" in by[("stl10", "uncsnpp_rve_st", "inception_score", "yes")]["missing_reason"]
+    is_reason = by[("stl10", "uncsnpp_rve_st", "inception_score", "yes")]["missing_reason"]
+    assert "Inception weights" in is_reason  # computed with FID, so missing for FID's reason
+    assert is_reason == by[("stl10", "uncsnpp_rve_st", "fid", "yes")]["missing_reason"]
     assert "nll_examples = 0" in by[("celebahq", "uncsnpp_rve_st", "nll_bpd", "yes")]["missing_reason"]
+
+
+def test_inception_score_is_filled_from_the_metrics_and_missing_with_fid():
+    m = load_manifest(manifest_path("cifar10"))
+    row = next(r for r in m.rows if r.id == "ddpmpp_vp_fid_st")
+    with_fid = reproduce.row_config(m, row, "smoke", 0, True)
+    without_fid = reproduce.row_config(m, row, "smoke", 0, False)
+    assert "eval/inception_score" not in reproduce.missing_reasons(with_fid, {}, "weights at /w")
+    no_weights = reproduce.missing_reasons(with_fid, {"eval/fid_missing_reason": "no weights here"}, "")
+    assert no_weights["eval/inception_score"] == no_weights["eval/fid"] == "not computed: no weights here"
+    too_few = reproduce.missing_reasons(with_fid, {"eval/inception_score_missing_reason": "too few"}, "")
+    assert too_few == {"eval/inception_score": "not computed: too few"}
+    off = reproduce.missing_reasons(without_fid, {}, "no Inception weights file")
+    assert off["eval/inception_score"] == off["eval/fid"]
+
+    result = reproduce.SeedResult(row.id, 0, "smoke", 1, {"eval/inception_score": 9.5}, {}, 1.0)
+    cell = next(c for c in reproduce.aggregate(row, [result], [0], "not run") if c.metric == "inception_score")
+    assert cell.values == (9.5,) and cell.paper == 9.78 and cell.diff == pytest.approx(9.5 - 9.78)
+    assert reproduce.ours_texts(cell, "smoke")[0] == "9.50 [smoke]"
+
+
+def test_variational_nll_is_compared_where_the_row_evaluates_it_and_missing_elsewhere():
+    m = load_manifest(manifest_path("cifar10"))
+    ddpm, rve = m.row("ddpmpp_vp_fid_st"), m.row("uncsnpp_rve_st")
+    paper = reproduce.row_config(m, ddpm, "paper", 0, True)
+    assert (paper.eval.dequantization, paper.eval.dequantizer_steps) == ("variational", 10000)
+    small = reproduce.row_config(m, ddpm, "smoke", 0, False)
+    assert small.eval.dequantization == "variational"
+    assert (small.eval.dequantizer_steps, small.eval.dequantizer_batch_size) == (2, 8)  # shrunk, still run
+    assert "eval/nll_bpd_vardeq" not in reproduce.missing_reasons(small, {}, "")
+    rve_small = reproduce.row_config(m, rve, "smoke", 0, False)
+    assert rve_small.eval.dequantization == "uniform" and rve_small.eval.dequantizer_steps == 1000  # untouched
+    why = reproduce.missing_reasons(rve_small, {}, "")["eval/nll_bpd_vardeq"]
+    assert why.startswith("not evaluated:") and "'uniform'" in why
+
+    metrics = {"eval/nll_bpd": 3.10, "eval/nll_bpd_vardeq": 2.95, "eval/nelbo_bpd": 3.2}
+    results = [reproduce.SeedResult(ddpm.id, s, "paper", 1, metrics, {}, 1.0) for s in (0, 1)]
+    cells = {c.metric: c for c in reproduce.aggregate(ddpm, results, [0, 1], "not run")}
+    vardeq = cells["nll_bpd_vardeq"]
+    assert vardeq.comparable and vardeq.values == (2.95, 2.95) and vardeq.paper == 2.91
+    assert vardeq.diff == pytest.approx(2.95 - 2.91) and cells["nll_bpd"].diff == pytest.approx(3.10 - 3.03)
+    assert reproduce.metric_label(vardeq) == "NLL, var. deq. (bpd)"  # not "..., variational deq." twice
+    assert reproduce.metric_label(cells["nll_bpd"]) == "NLL (bpd), uniform deq."
+    assert reproduce.ours_texts(vardeq, "paper")[:2] == ("2.950 [paper]", "+0.040 [paper]")
+    md = reproduce.markdown_table(m, "paper", list(cells.values()), {ddpm.id: paper}, None)
+    assert "| DDPM++ (VP, FID config) + ST | NLL, var. deq. (bpd) | 2.91 | 2.950 [paper] | +0.040 [paper] |" in md
+    assert "variational (q fitted 10000 steps at batch 64" in md and "(fid, IS over 1 split)" in md
+    assert reproduce.paper_params(ddpm)["paper/nll_bpd_vardeq"] == "2.91"
+
+    missing = reproduce.SeedResult(rve.id, 0, "paper", 1, {"eval/nll_bpd": 3.1},
+                                   {"eval/nll_bpd_vardeq": why}, 1.0)
+    cell = next(c for c in reproduce.aggregate(rve, [missing], [0], "not run") if c.metric == "nll_bpd_vardeq")
+    assert cell.values == () and cell.paper is None and cell.missing_reason == why
+    assert reproduce.ours_texts(cell, "paper")[0] == f"missing — {why}"
 
 
 def test_mlflow_holds_one_run_per_row_with_the_paper_numbers(smoke, env):
@@ -259,10 +321,15 @@ def test_manifests_pin_the_reference_numbers():
     }
     cifar = load_manifest(manifest_path("cifar10")).row("ddpmpp_vp_fid_st")
     assert cifar.paper.nll_bpd.dequantization == "uniform"
-    assert [(e.value, e.dequantization) for e in cifar.paper.also_reported] == [(2.91, "variational")]
+    assert (cifar.paper.nll_bpd_vardeq.value, cifar.paper.nll_bpd_vardeq.dequantization) == (2.91, "variational")
+    assert cifar.paper.also_reported == ()  # compared now, not just recorded
     for d in DATASETS:  # the paper configs build, and nelbo is nowhere reported
         m = load_manifest(manifest_path(d))
         assert all(r.paper.nelbo_bpd.value is None for r in m.rows)
+        for r in m.rows:  # a paper IS is compared under the paper's protocol: all samples as one split
+            config = r.experiment(0, d)
+            assert config.eval.inception_score_splits == (1 if r.paper.inception_score.value is not None else 10)
+            assert (config.eval.dequantization == "variational") == (r.paper.nll_bpd_vardeq.value is not None)
         assert m.protocol.paper_fid == ("tf_inception" if d == "cifar10" else "clean_fid")
 
 
@@ -273,7 +340,8 @@ def test_paper_configs_keep_the_rows_physics_at_smoke_scale():
             paper = reproduce.row_config(m, row, "paper", 0, False)
             small = reproduce.row_config(m, row, "smoke", 0, False)
             for part in ("sde", "truncation", "objective", "optim.ema_decay", "model.time_input", "eval.sampler",
-                         "eval.predictor", "eval.corrector", "data.centered"):
+                         "eval.predictor", "eval.corrector", "eval.dequantization", "eval.inception_score_splits",
+                         "data.centered"):
                 a, b = paper, small
                 for attr in part.split("."):
                     a, b = getattr(a, attr), getattr(b, attr)
@@ -307,6 +375,14 @@ def bad_manifest(tmp_path: Path, edit) -> Path:
      "broken.yaml: rows[0].config.data.dataset.name", "cifar10"),
     (lambda d: d["rows"][1].update(id="uncsnpp_rve_st"), "broken.yaml: rows[1].id", "unique"),
     (lambda d: d["smoke"].update(steps=0), "broken.yaml: smoke.steps", "an integer >= 1"),
+    (lambda d: d["smoke"].update(dequantizer_steps=0), "broken.yaml: smoke.dequantizer_steps", "an integer >= 1"),
+    (lambda d: d["rows"][1]["config"]["eval"].update(inception_score_splits=0),
+     "broken.yaml: rows[1].config.eval.inception_score_splits", "an integer >= 1"),
+    (lambda d: d["rows"][1]["paper"]["nll_bpd"].update(dequantization="variational"),
+     "broken.yaml: rows[1].paper.nll_bpd.dequantization", "nll_bpd_vardeq"),
+    (lambda d: d["rows"][1]["paper"]["nll_bpd_vardeq"].update(dequantization="uniform"),
+     "broken.yaml: rows[1].paper.nll_bpd_vardeq.dequantization", "variational"),
+    (lambda d: d["rows"][0]["paper"].pop("nll_bpd_vardeq"), "broken.yaml: rows[0].paper.nll_bpd_vardeq", None),
 ])
 def test_manifest_errors_name_file_key_and_allowed_values(tmp_path, edit, where, allowed):
     with pytest.raises(ConfigError) as info:

@@ -80,6 +80,9 @@ class ScoreModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         out = self.net(x, self.time_input(t))
+        # a bf16/fp16 network output (autocast) is divided by σ(t) in at least fp32: near ε the
+        # score is ~1/σ, beyond what a 16-bit division keeps
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
         return -out / broadcast_to(self.sde.std(t), out).to(out.dtype)
 
     def extra_repr(self) -> str:
