@@ -72,18 +72,20 @@ class Size:
     steps: dict[str, int]  # timed steps per block, by mode
     reps: dict[str, int]  # interleaved repetitions, by mode
     fake_cifar_images: int = 0  # > 0: write a CIFAR-10-format data root with this many random images
+    pairs: dict[str, int] = field(default_factory=dict)  # alternating single reference/trainer steps, by mode
 
 
 SIZES = {
     "tiny": Size("tiny", "tiny U-Net, digits 1×8×8", {"name": "digits"},
                  {"name": "ddpmpp", "channels": 16, "channel_multipliers": [1, 2], "blocks_per_resolution": 1,
                   "attention_resolutions": [], "dropout": 0.0},
-                 batch=32, steps={"smoke": 3, "quick": 10, "full": 10}, reps={"smoke": 1, "quick": 40, "full": 100}),
+                 batch=32, steps={"smoke": 3, "quick": 10, "full": 10}, reps={"smoke": 1, "quick": 40, "full": 100},
+                 pairs={"smoke": 2, "quick": 400, "full": 1000}),
     "small": Size("small", "small U-Net, CIFAR-shaped 3×32×32", {"name": "cifar10"},
                   {"name": "ddpmpp", "channels": 32, "channel_multipliers": [1, 2, 2], "blocks_per_resolution": 1,
                    "attention_resolutions": [8], "dropout": 0.1},
                   batch=16, steps={"smoke": 2, "quick": 3, "full": 5}, reps={"smoke": 1, "quick": 12, "full": 30},
-                  fake_cifar_images=50_000),
+                  fake_cifar_images=50_000, pairs={"smoke": 2, "quick": 40, "full": 100}),
 }
 SIZES_BY_MODE = {"smoke": ["tiny"], "quick": ["tiny", "small"], "full": ["tiny", "small"]}
 
@@ -200,6 +202,7 @@ class Timings:
     events: list[Elapsed]  # per fit repetition: its once-per-run work (run files, resume check, evaluation, checkpoint)
     steps: int
     warmup: int
+    paired: list[tuple[float, float]]  # CPU seconds of (reference step, Trainer.train_step), alternating
 
 
 def sync(device: torch.device) -> None:
@@ -253,9 +256,28 @@ def time_size(size: Size, mode: str, data_root: Path | None, device: torch.devic
     try:
         blocks = interleaved({"reference": block(reference_steps), "train_step": block(trainer_steps),
                               "fit": fit_block, "clipped": block(clipped_steps)}, reps=reps, warmup=warmup)
+        paired = paired_steps(reference.step, stepper.train_step, size.pairs[mode], device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return Timings(blocks, events[warmup:], steps, warmup)
+    return Timings(blocks, events[warmup:], steps, warmup, paired)
+
+
+def paired_steps(reference: Callable[[], Any], arm: Callable[[], Any], pairs: int,
+                 device: torch.device) -> list[tuple[float, float]]:
+    """Single steps of the two, alternating (the order flipped every pair): the finest
+    interleaving there is, so a neighbour's burst or a cache-cold start hits both alike."""
+    out = []
+    for i in range(pairs):
+        order = [reference, arm] if i % 2 == 0 else [arm, reference]
+        seconds = {}
+        for fn in order:
+            sync(device)
+            with Stopwatch() as sw:
+                fn()
+                sync(device)
+            seconds[fn] = sw.elapsed.cpu
+        out.append((seconds[reference], seconds[arm]))
+    return out
 
 
 # ----------------------------------------------------------------------------------- memory probes
@@ -393,6 +415,12 @@ def size_rows(size: Size, timing: Timings) -> tuple[list[list[Any]], str]:
             f"round(s); a run's once-only work (config file and params, resume check, the final checkpoint and "
             f"loss-by-time JSON/PNG; the model evaluation itself stubbed) took {fmt(1e3 * event.wall)} ms wall, "
             f"{fmt(1e3 * event.cpu)} ms CPU.")
+    if timing.paired:
+        ratios = [a / r for r, a in timing.paired]
+        mean_ratio = sum(a for _, a in timing.paired) / sum(r for r, _ in timing.paired)
+        note += (f" Paired single steps ({len(ratios)} pairs, reference and Trainer.train_step alternating, CPU "
+                 f"time): overhead {pct(100 * (median(ratios) - 1))} (median of the pair ratios), "
+                 f"{pct(100 * (mean_ratio - 1))} (ratio of the total times).")
     return rows, note
 
 

@@ -283,9 +283,9 @@ class Trainer:
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """s_θ(x, t) as training computes it (compiled, in the training precision), returned in
-        x's dtype. Only the score model's forward runs under autocast (the network, and the
-        division of its output by σ(t) in the output's dtype); the SDE marginals, the target,
-        the weighting and the loss around it stay float32."""
+        x's dtype. Only the score model's forward runs under autocast (the network; its output is
+        divided by σ(t) in at least float32); the SDE marginals, the target, the weighting and
+        the loss around it stay float32."""
         if self.config.train.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # a no-op when x_t kept x_0's layout
         with self.autocast():
@@ -309,7 +309,12 @@ class Trainer:
         grads = [p.grad for p in self._params if p.grad is not None]
         if not grads:
             return 0.0
-        total = torch.nn.utils.get_total_norm(grads)
+        if grads[0].device.type == "cpu":
+            # CPU has no fused multi-tensor norm: one norm per tensor costs ~1.5 µs each (0.2 ms,
+            # about 1 % of a small U-Net's step); one norm over a transient flat copy is ~8x faster
+            total = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+        else:
+            total = torch.nn.utils.get_total_norm(grads)
         coef = max_norm / (total + 1e-6)  # the factor clip_grads_with_norm_ would clamp to <= 1
         if not float(coef) >= 1.0:  # < 1, or NaN (which clip_grad_norm_ also multiplies in)
             torch.nn.utils.clip_grads_with_norm_(self._params, max_norm, total)
