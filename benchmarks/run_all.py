@@ -1,6 +1,6 @@
 """Run every benchmark, each in its own process: ``python -m benchmarks.run_all [--quick|--smoke] [--append]``.
 
-``make bench`` runs ``--quick`` (about 15 minutes on 2 CPU cores). ``--append`` adds each
+``make bench`` runs ``--quick`` (about 10 minutes on 2 CPU cores). ``--append`` adds each
 benchmark's section (its table, machine, versions, date and exact command) to
 benchmarks/RESULTS.md. A benchmark that fails is reported and the others still run; the exit
 status is then 1.
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     append = args.append.resolve() if args.append else None
+    if append is not None and append.is_relative_to(REPO):
+        append = append.relative_to(REPO)  # commands are run from REPO and recorded as typed
     names = [n for n in (args.only or BENCHMARKS) if n not in args.skip]
     rows, failed = [], []
     for name in names:
