@@ -114,10 +114,10 @@ def run(args: argparse.Namespace) -> Section:
                 t = runs[arm].trials
                 summary.append([seed, label, len(t), sum(x.finished for x in t), sum(not x.finished for x in t),
                                 points[arm][-1][0], fmt(points[arm][-1][1], 4), fmt(runs[arm].wall)])
-            notes.append(f"- seed {seed}: TPE + ASHA reached random search's best within the common budget "
-                         f"({fmt(target, 4)} bits/dim) after "
-                         + (f"{reach} trial-steps ({reach / budget:.0%} of the budget)." if reach is not None
-                            else "— not within its own budget."))
+            best = f"random search's best within the common budget ({fmt(target, 4)} bits/dim)"
+            notes.append(f"- seed {seed}: TPE + ASHA reached {best} after {reach} trial-steps "
+                         f"({reach / budget:.0%} of the budget)." if reach is not None
+                         else f"- seed {seed}: TPE + ASHA did not reach {best} within its own budget.")
     size = SIZES[mode]
     steps = base_sweep()["base"]["train"]["steps"] if not size["train"] else size["train"]["steps"]
     notes.append(f"- Trials of {steps} steps, evaluated every "
