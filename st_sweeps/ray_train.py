@@ -55,7 +55,8 @@ from st_sweeps import checkpoint as ckpt  # noqa: E402
 from st_sweeps.config import flatten, to_dict  # noqa: E402
 from st_sweeps.errors import ConfigError  # noqa: E402
 from st_sweeps.experiment import ExperimentConfig, config_yaml, experiment_from_dict  # noqa: E402
-from st_sweeps.tracking import MlflowTracker, MultiTracker, NullTracker, Tracker, skip_logged_steps  # noqa: E402
+from st_sweeps.tracking import (LatestMetrics, MlflowTracker, MultiTracker, NullTracker, Tracker,  # noqa: E402
+                                skip_logged_steps)
 from st_sweeps.trainer import RunPaths, Trainer  # noqa: E402
 
 # How often the Train controller polls the workers. Every ``ray.train.report`` waits for the next
@@ -96,16 +97,6 @@ class RunSettings:
 
 
 # ---------------------------------------------------------------------------------------- worker
-class _LatestMetrics(NullTracker):
-    """A tracker that keeps the latest value of every metric logged (rank 0's train metrics)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.values.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-
-
 class _Reporter:
     """``on_evaluation`` hook: one ``ray.train.report`` per evaluation on every rank.
 
@@ -114,7 +105,7 @@ class _Reporter:
     sample metrics, so every figure is global. Ray attaches rank 0's metrics to the checkpoint.
     """
 
-    def __init__(self, latest: _LatestMetrics):
+    def __init__(self, latest: LatestMetrics):
         self.latest = latest
 
     def __call__(self, step: int, metrics: dict[str, float], path: Path | None) -> None:
@@ -273,7 +264,7 @@ def train_loop_per_worker(loop_config: Mapping[str, Any]) -> dict[str, Any]:
     if settings.fail_at_step is not None and settings.fault_marker and rank == settings.fail_rank % world:
         fault = _Fault(settings.fail_at_step, Path(settings.fault_marker))
 
-    latest = _LatestMetrics()
+    latest = LatestMetrics()
     mlflow_tracker = _worker_tracker(rank, settings)
     with _worker_dir(rank, settings.run_dir) as run_dir:
         restore_from = restore_checkpoint(ray.train.get_checkpoint(), run_dir)

@@ -59,6 +59,7 @@ from st_sweeps.config import apply_overrides, load_dataclass, read_yaml, to_dict
 from st_sweeps.errors import ConfigError, require
 from st_sweeps.experiment import ExperimentConfig, config_params, config_yaml, experiment_from_dict
 from st_sweeps.inception_score import DEFAULT_SPLITS
+from st_sweeps.tracking import NullTracker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_DIR = REPO_ROOT / "reproductions" / "manifests"
@@ -548,26 +549,14 @@ def log_changed_metrics(tracker: Any, metrics: Mapping[str, float], step: int = 
         tracker.log_metrics(changed, step)
 
 
-class TagRecorder:
+class TagRecorder(NullTracker):
     """A tracker that only remembers tags (the evaluation reports missing-FID reasons as tags)."""
 
     def __init__(self) -> None:
         self.tags: dict[str, str] = {}
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
-        pass
-
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.tags.update({k: str(v) for k, v in tags.items()})
-
-    def close(self, status: str = "FINISHED") -> None:
-        pass
 
 
 # ================================================================================ training one seed

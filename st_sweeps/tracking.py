@@ -99,6 +99,19 @@ class MultiTracker(NullTracker):
             t.close(status)
 
 
+class LatestMetrics(NullTracker):
+    """A tracker that keeps the latest value of every numeric metric logged (only those whose key
+    starts with one of ``prefixes``, when given): what a report sends along with an evaluation."""
+
+    def __init__(self, prefixes: tuple[str, ...] | None = None) -> None:
+        self.prefixes = prefixes
+        self.values: dict[str, float] = {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.values.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))
+                            and (self.prefixes is None or k.startswith(self.prefixes))})
+
+
 def mlflow_safe_key(key: str) -> str:
     """MLflow allows alphanumerics, _ - . space : / in names; we keep our keys within that."""
     return "".join(c if (c.isalnum() or c in "_-. :/") else "_" for c in key)

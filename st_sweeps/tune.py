@@ -124,35 +124,12 @@ def _check_objectives(metrics: Mapping[str, Any], wanted: Sequence[str], step: i
                            "(and the Inception weights for eval/fid)")
 
 
-class _LatestTrainMetrics:
-    """A tracker that keeps the latest train/ and perf/ metrics, sent along with each report."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        pass
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.values.update({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and k.startswith(("train/", "perf/"))})
-
-    def log_artifact(self, path: Any, subdir: str | None = None) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def close(self, status: str = "FINISHED") -> None:
-        pass
-
-
 class _TuneReporter:
     """``on_evaluation`` of a one-process trial: one ``tune.report`` per evaluation, carrying a
     Tune checkpoint with the Trainer's checkpoint file and the trial's bookkeeping (MLflow run
     id, best value so far, this report), and tagging the MLflow run with the best checkpoint."""
 
-    def __init__(self, spec: TrialSpec, tracker: Any, latest: _LatestTrainMetrics, total_steps: int,
+    def __init__(self, spec: TrialSpec, tracker: Any, latest: LatestMetrics, total_steps: int,
                  best: float | None):
         self.spec, self.tracker, self.latest = spec, tracker, latest
         self.total_steps = total_steps
@@ -243,7 +220,7 @@ def _train_locally(spec: TrialSpec, config: Any, tracker: Any, checkpoint: Any, 
                    run_dir: Path) -> None:
     from st_sweeps.experiment import config_yaml
     from st_sweeps.ray_train import restore_checkpoint
-    from st_sweeps.tracking import MultiTracker, skip_logged_steps
+    from st_sweeps.tracking import LatestMetrics, MultiTracker, skip_logged_steps
     from st_sweeps.trainer import Trainer
 
     restore_checkpoint(checkpoint, run_dir)  # into run_dir/checkpoints, where fit() resumes from
@@ -251,7 +228,7 @@ def _train_locally(spec: TrialSpec, config: Any, tracker: Any, checkpoint: Any, 
     resolved = run_dir / "resolved_config.yaml"
     resolved.write_text(config_yaml(config))
     tracker.log_artifact(resolved)
-    latest = _LatestTrainMetrics()
+    latest = LatestMetrics(prefixes=("train/", "perf/"))  # sent along with each report
     reporter = _TuneReporter(spec, tracker, latest, config.train.steps, meta.get("best"))
     trainer = Trainer(config, run_dir, tracker=MultiTracker(tracker, latest), on_evaluation=reporter,
                       progress=False)

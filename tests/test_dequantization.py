@@ -37,6 +37,7 @@ from st_sweeps.likelihood import (
 from st_sweeps.sde import VPSDE
 from st_sweeps.tracking import NullTracker
 from st_sweeps.trainer import Trainer
+from test_evaluate import BASE as EVAL_BASE  # the tiny digits experiment
 
 F64 = torch.float64
 LN2 = math.log(2.0)
@@ -356,18 +357,11 @@ def test_config_validation() -> None:
 
 
 # --- (e) one evaluation end to end --------------------------------------------------------------------------
-BASE = {
-    "name": "vardeq-test",
-    "data": {"dataset": {"name": "digits"}},
-    "truncation": {"eps": 1e-3},
-    "objective": {"name": "dsm", "weighting": "likelihood_is"},
-    "model": {"network": {"name": "ddpmpp", "channels": 8, "channel_multipliers": [1, 2],
-                          "blocks_per_resolution": 1, "attention_resolutions": [], "dropout": 0.0}},
-    "train": {"steps": 1, "batch_size": 8},
-    "eval": {"nll_examples": 4, "nelbo_repeats": 1, "num_samples": 0, "nll_rtol": 1e-3, "nll_atol": 1e-3,
-             "dequantization": "variational", "dequantizer_steps": 5, "dequantizer_batch_size": 8,
-             "dequantizer_hidden": 8},
-}
+# evaluated for the NLL alone, with a few dequantizer steps
+BASE = {**EVAL_BASE, "name": "vardeq-test",
+        "eval": {"nll_examples": 4, "nelbo_repeats": 1, "num_samples": 0, "nll_rtol": 1e-3, "nll_atol": 1e-3,
+                 "dequantization": "variational", "dequantizer_steps": 5, "dequantizer_batch_size": 8,
+                 "dequantizer_hidden": 8}}
 
 
 def test_evaluation_reports_both_dequantizations(tmp_path: Path) -> None:
