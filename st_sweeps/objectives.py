@@ -108,8 +108,8 @@ class _WeightedScoreMatching(Objective):
              generator: torch.Generator | None, reference: Tensor | None = None) -> Tensor:
         t, inv_density = self.sampler.sample(sde, tau, x0.shape[0], generator, x0.device, x0.dtype)  # [B]
         z = standard_normal(x0.shape, generator, x0.device, x0.dtype)
-        x_t = sde.perturb(x0, t, z)  # μ(t) x_0 + σ(t) z
         mu, sigma = sde.mean_scale(t), sde.std(t)  # [B]
+        x_t = broadcast_to(mu, x0) * x0 + broadcast_to(sigma, x0) * z  # sde.perturb, reusing μ and σ
         target = self._target(x_t, z, mu, sigma, x0, reference)
         sq = sum_except_batch((score_fn(x_t, t) - target) ** 2)  # [B]
         return 0.5 * self.weighting(sde, t) * inv_density * sq

@@ -932,14 +932,14 @@ def time_training_steps(config: ExperimentConfig, device: str | None = None, bat
     import torch
 
     from st_sweeps.networks import ScoreModel
-    from st_sweeps.trainer import select_device
+    from st_sweeps.trainer import build_adam, select_device
 
     dev = select_device(device)
     b = batch_size or config.train.batch_size
     gen = torch.Generator().manual_seed(0)
     net = config.model.network.build(tuple(config.data.dataset.shape), gen)
     model = ScoreModel(net, config.sde, config.model.time_input, eps=config.truncation.eps).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
+    opt = build_adam(model.parameters(), lr=config.optim.lr)  # the trainer's implementation
     x0 = (torch.rand((b, *config.data.dataset.shape), generator=gen) * 2 - 1).to(dev)
     n_ref = config.objective.reference_batch_size
     ref = torch.rand((n_ref, *config.data.dataset.shape), generator=gen).to(dev) if n_ref else None

@@ -46,18 +46,30 @@ def _finite_or_none(v: Any) -> Any:
 
 
 class JsonlTracker(NullTracker):
-    """Appends one JSON line per ``log_metrics`` call; survives kills (flushed per line)."""
+    """Appends one JSON line per ``log_metrics`` call.
 
-    def __init__(self, path: str | Path):
+    Each line is handed to the OS before the call returns, so a killed or crashed process loses
+    none. Forcing lines onto the disk (fsync, against an OS crash or power loss) waits for the
+    device, ~3 ms here, 1 % of a 30 ms training step at the default log cadence; it is done for
+    the first line and then at most every ``sync_every_s`` seconds, which bounds what a power loss
+    can take to that window.
+    """
+
+    def __init__(self, path: str | Path, sync_every_s: float = 10.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sync_every_s = sync_every_s
+        self._last_sync = -math.inf
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         record = {"step": step, "time": time.time(), **{k: _finite_or_none(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+            now = time.monotonic()
+            if now - self._last_sync >= self.sync_every_s:
+                os.fsync(f.fileno())
+                self._last_sync = now
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

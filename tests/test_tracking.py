@@ -57,3 +57,20 @@ def test_ray_worker_rank0_tracker_skips_logged_steps(tracking_uri: str, tmp_path
     tracker = _worker_tracker(0, settings)
     assert isinstance(tracker, SkipLoggedSteps) and tracker.upto == 7
     assert isinstance(_worker_tracker(1, settings), NullTracker)
+
+
+def test_jsonl_lines_are_readable_at_once_and_synced_at_most_every_window(tmp_path, monkeypatch) -> None:
+    from st_sweeps import tracking
+
+    synced: list[float] = []
+    clock = [100.0]
+    monkeypatch.setattr(tracking.os, "fsync", lambda fd: synced.append(clock[0]))
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: clock[0])
+    path = tmp_path / "m.jsonl"
+    t = tracking.JsonlTracker(path, sync_every_s=10.0)
+    for step, dt in enumerate([0.0, 3.0, 3.0, 5.0, 1.0]):
+        clock[0] += dt
+        t.log_metrics({"train/loss": float(step)}, step)
+        # every line is in the file for any other process as soon as the call returns
+        assert [r["step"] for r in tracking.read_jsonl(path)] == list(range(step + 1))
+    assert synced == [100.0, 111.0]  # the first line, then once 10 s had passed

@@ -132,6 +132,27 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoints(tmp_path: Path) -
     torch.load(saved, weights_only=True)
 
 
+def test_one_buffer_for_parameters_and_gradients_changes_no_number(tmp_path: Path) -> None:
+    """The trainer keeps the parameters and the gradients each in one buffer (the EMA is one lerp,
+    zeroing one fill, the norm and clipping one operation each): the weights, losses and gradient
+    norms are bit-equal to those of separate tensors, also after somebody drops the gradient views."""
+    flat, plain = make(TINY_UNET, tmp_path / "flat"), make(TINY_UNET, tmp_path / "plain")
+    assert flat._flat_grads is not None and flat._flat_grads.attached()
+    plain._flat_grads = None
+    for p in plain.model.parameters():
+        p.data = p.data.clone()  # out of the shared buffer: per-tensor EMA, zeroing and norm
+    for step in range(4):
+        if step == 2:
+            flat.optimizer.zero_grad(set_to_none=True)  # e.g. a user's callback
+        a, b = flat.train_step(), plain.train_step()
+        assert a == b
+    assert flat._flat_grads.attached()
+    for (name, p), q in zip(flat.model.named_parameters(), plain.model.parameters()):
+        assert torch.equal(p, q), name
+    for p, q in zip(flat.ema.shadow.parameters(), plain.ema.shadow.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     trainer = make(TINY_UNET, tmp_path)
     trainer.train_step()
