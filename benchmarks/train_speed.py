@@ -143,10 +143,12 @@ def make_trainer_class() -> type:
             return self.data_cache[key]
 
         # once per run, not per step: timed apart and amortised over a run of DEFAULT_STEPS
+        events = Elapsed(0.0, 0.0)  # their total so far (immutable: each trainer sums its own)
+
         def _timed_event(self, fn: Callable[..., Any], *args: Any) -> Any:
             with Stopwatch() as sw:
                 out = fn(*args)
-            self.events = getattr(self, "events", Elapsed(0.0, 0.0)) + sw.elapsed
+            self.events = self.events + sw.elapsed
             return out
 
         def write_run_files(self) -> None:
@@ -282,18 +284,21 @@ def time_size(size: Size, mode: str, data_root: Path | None, device: torch.devic
                    data_root=data_root, progress=False, evaluate_fn=no_evaluation)
     fit_loops: list[Elapsed] = []
 
+    def fit_for(n: int) -> Elapsed:
+        """fit() for ``n`` more steps of the long run; returns the start-up time inside it."""
+        fitter.stop_at = fitter.step + n
+        before = fitter.events
+        try:
+            fitter.fit()
+        except BlockEnd:
+            pass
+        return fitter.events - before
+
     def fit_block() -> Elapsed:
-        fitter.stop_at = fitter.step + steps
-        before = getattr(fitter, "events", Elapsed(0.0, 0.0))
-        sync(device)
-        with Stopwatch() as sw:
-            try:
-                fitter.fit()
-            except BlockEnd:
-                pass
-            sync(device)
-        fit_loops.append(sw.elapsed - (getattr(fitter, "events", Elapsed(0.0, 0.0)) - before))
-        return sw.elapsed
+        start_up: list[Elapsed] = []
+        elapsed = block(lambda: start_up.append(fit_for(steps)))()
+        fit_loops.append(elapsed - start_up[0])
+        return elapsed
 
     def fresh_run() -> Elapsed:
         """A whole short run, for its once-per-run work: run files, resume check, final
@@ -302,7 +307,7 @@ def time_size(size: Size, mode: str, data_root: Path | None, device: torch.devic
                         device=str(device), data_root=data_root, progress=False, evaluate_fn=no_evaluation)
         first = block(trainer.train_step)()
         elapsed = block(trainer.fit)()
-        inside = getattr(trainer, "events", Elapsed(0.0, 0.0))
+        inside = trainer.events
         loop = elapsed - inside
         later = Elapsed(loop.wall / (steps - 1), loop.cpu / (steps - 1))
         events.append(inside)
@@ -316,17 +321,8 @@ def time_size(size: Size, mode: str, data_root: Path | None, device: torch.devic
                              reps=reps, warmup=warmup)
         paired = paired_steps(reference.step, stepper.train_step, size.pairs[mode], device)
 
-        def fit_one_step() -> Elapsed:
-            """fit() for one step of the long run (logging every 10th); returns its start-up time."""
-            fitter.stop_at = fitter.step + 1
-            before = getattr(fitter, "events", Elapsed(0.0, 0.0))
-            try:
-                fitter.fit()
-            except BlockEnd:
-                pass
-            return getattr(fitter, "events", Elapsed(0.0, 0.0)) - before
-
-        paired_fit = paired_steps(reference.step, fit_one_step, size.pairs[mode], device)
+        # one step of fit() (logging every 10th), its start-up subtracted
+        paired_fit = paired_steps(reference.step, lambda: fit_for(1), size.pairs[mode], device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     blocks["fit"] = fit_loops[warmup:]

@@ -82,8 +82,8 @@ class _Pairs:
         shadow_flat, source_flat = flat_buffer(self.shadow), flat_buffer(self.source)
         same_layout = self.foreach_ok and all(p.shape == q.shape and p.stride() == q.stride()
                                               for p, q in zip(self.shadow, self.source))
-        self.flat = (shadow_flat, source_flat) if same_layout and shadow_flat is not None \
-            and source_flat is not None and shadow_flat.numel() == source_flat.numel() else None
+        self.flat = (shadow_flat, source_flat) \
+            if same_layout and shadow_flat is not None and source_flat is not None else None
         self._addresses = self._where()
 
     def _where(self) -> list[int]:

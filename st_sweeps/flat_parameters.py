@@ -28,21 +28,32 @@ def _dense(p: Tensor) -> bool:
     return p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))
 
 
+def _packable(params: Sequence[Tensor]) -> bool:
+    """One buffer can hold them all: at least one, all dense, of one dtype on one device."""
+    return bool(params) and all(p.dtype == params[0].dtype and p.device == params[0].device and _dense(p)
+                                for p in params)
+
+
+def _views(buffer: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    """One view of ``buffer`` per parameter, back to back in order, each with its shape and strides."""
+    views, offset = [], 0
+    for p in params:
+        views.append(buffer.as_strided(p.shape, p.stride(), offset))
+        offset += p.numel()
+    return views
+
+
 def flatten_parameters(module: nn.Module) -> Tensor | None:
     """Re-home ``module``'s parameters, in ``parameters()`` order, into one new 1-D buffer and
     return it; None (and nothing changed) when they differ in dtype or device or one is not dense."""
     params = list(module.parameters())
-    if not params or any(p.dtype != params[0].dtype or p.device != params[0].device or not _dense(p)
-                         for p in params):
+    if not _packable(params):
         return None
     flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    offset = 0
     with torch.no_grad():
-        for p in params:
-            view = flat.as_strided(p.shape, p.stride(), offset)
+        for p, view in zip(params, _views(flat, params)):
             view.copy_(p)
             p.data = view
-            offset += p.numel()
     return flat
 
 
@@ -86,19 +97,14 @@ class FlatGradients:
         self.params = list(params)
         first = self.params[0]
         self.buffer = torch.zeros(sum(p.numel() for p in self.params), dtype=first.dtype, device=first.device)
-        self.views: list[Tensor] = []
-        offset = 0
-        for p in self.params:
-            self.views.append(self.buffer.as_strided(p.shape, p.stride(), offset))
-            offset += p.numel()
+        self.views = _views(self.buffer, self.params)
         self._attach()
 
     @classmethod
     def for_parameters(cls, params: Sequence[nn.Parameter]) -> FlatGradients | None:
         """None unless the parameters all train, share dtype and device, and are dense."""
         params = list(params)
-        if not params or any(not p.requires_grad or p.dtype != params[0].dtype or p.device != params[0].device
-                             or not _dense(p) for p in params):
+        if not _packable(params) or not all(p.requires_grad for p in params):
             return None
         return cls(params)
 

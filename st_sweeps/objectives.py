@@ -22,7 +22,7 @@ from torch import Tensor
 
 from st_sweeps.errors import require
 from st_sweeps.registry import Registry
-from st_sweeps.sde import broadcast_to
+from st_sweeps.sde import broadcast_to, perturb_with
 from st_sweeps.truncation import TimeSampler, UniformSampler
 from st_sweeps.weighting import ImportanceLikelihoodWeighting, VarianceWeighting, Weighting
 
@@ -109,7 +109,7 @@ class _WeightedScoreMatching(Objective):
         t, inv_density = self.sampler.sample(sde, tau, x0.shape[0], generator, x0.device, x0.dtype)  # [B]
         z = standard_normal(x0.shape, generator, x0.device, x0.dtype)
         mu, sigma = sde.mean_scale(t), sde.std(t)  # [B]
-        x_t = broadcast_to(mu, x0) * x0 + broadcast_to(sigma, x0) * z  # sde.perturb, reusing μ and σ
+        x_t = perturb_with(x0, z, mu, sigma)  # sde.perturb without evaluating μ and σ again
         target = self._target(x_t, z, mu, sigma, x0, reference)
         sq = sum_except_batch((score_fn(x_t, t) - target) ** 2)  # [B]
         return 0.5 * self.weighting(sde, t) * inv_density * sq

@@ -28,6 +28,11 @@ def broadcast_to(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def perturb_with(x0: Tensor, noise: Tensor, mean_scale: Tensor, std: Tensor) -> Tensor:
+    """x_t = μ x_0 + σ z for μ, σ [B] already evaluated at t (``SDE.perturb`` evaluates them)."""
+    return broadcast_to(mean_scale, x0) * x0 + broadcast_to(std, x0) * noise
+
+
 class SDE:
     """Base class; subclasses are frozen dataclasses registered by name."""
 
@@ -67,7 +72,7 @@ class SDE:
 
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = μ(t) x_0 + σ(t) z."""
-        return broadcast_to(self.mean_scale(t), x0) * x0 + broadcast_to(self.std(t), x0) * noise
+        return perturb_with(x0, noise, self.mean_scale(t), self.std(t))
 
     def snr(self, t: Tensor) -> Tensor:
         return torch.exp(-self.neg_log_snr(t))

@@ -325,25 +325,25 @@ class Trainer:
     def _clip_gradients(self, max_norm: float) -> float:
         """``clip_grad_norm_``, without its multiplication by exactly 1 when the norm is within
         bounds (the usual case once training has settled): the same gradients, one pass fewer."""
-        flat = self._flat_grads
-        if flat is not None and flat.attached():  # one norm and one multiplication over the buffer
+        flat = self._flat_grads if self._flat_grads is not None and self._flat_grads.attached() else None
+        if flat is not None:  # one norm (and below one multiplication) over the buffer
             total = torch.linalg.vector_norm(flat.buffer)
-            coef = max_norm / (total + 1e-6)
-            if not float(coef) >= 1.0:
-                flat.buffer.mul_(coef.clamp(max=1.0))
-            return float(total)
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if not grads:
-            return 0.0
-        if grads[0].device.type == "cpu":
-            # CPU has no fused multi-tensor norm: one norm per tensor costs ~1.5 µs each (0.2 ms,
-            # about 1 % of a small U-Net's step); one norm over a transient flat copy is ~8x faster
-            total = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
         else:
-            total = torch.nn.utils.get_total_norm(grads)
+            grads = [p.grad for p in self._params if p.grad is not None]
+            if not grads:
+                return 0.0
+            if grads[0].device.type == "cpu":
+                # CPU has no fused multi-tensor norm: one norm per tensor costs ~1.5 µs each (0.2 ms,
+                # about 1 % of a small U-Net's step); one norm over a transient flat copy is ~8x faster
+                total = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads]))
+            else:
+                total = torch.nn.utils.get_total_norm(grads)
         coef = max_norm / (total + 1e-6)  # the factor clip_grads_with_norm_ would clamp to <= 1
         if not float(coef) >= 1.0:  # < 1, or NaN (which clip_grad_norm_ also multiplies in)
-            torch.nn.utils.clip_grads_with_norm_(self._params, max_norm, total)
+            if flat is not None:
+                flat.buffer.mul_(coef.clamp(max=1.0))
+            else:
+                torch.nn.utils.clip_grads_with_norm_(self._params, max_norm, total)
         return float(total)
 
     # ------------------------------------------------------------------ checkpoint
