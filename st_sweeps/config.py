@@ -9,7 +9,9 @@ full dotted path (and the file) in front.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -18,10 +20,14 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 import yaml
 
 from st_sweeps.errors import ConfigError
+from st_sweeps.registry import Registry
 
 D = TypeVar("D")
 
 _MISSING = dataclasses.MISSING
+
+# A class's resolved annotations never change; resolving them is most of a config load's time.
+_type_hints = functools.lru_cache(maxsize=None)(typing.get_type_hints)
 
 
 def _join(path: str, key: str) -> str:
@@ -114,7 +120,7 @@ def load_dataclass(cls: type[D], data: Any, path: str = "") -> D:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(path or cls.__name__, f"expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
@@ -160,23 +166,69 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, creating mappings as needed (a registry switch such as
-    ``prior.name=fixed`` drops the old entry's other fields, which belong to the old name)."""
+def _is_registry(tp: Any) -> bool:
+    return isinstance(tp, type) and isinstance(getattr(tp, "registry", None), Registry)
+
+
+def _entry_class(tp: Any, node: Mapping[str, Any]) -> type | None:
+    """The dataclass a node of declared type ``tp`` loads into: for a registry base, the entry
+    that the node's ``name`` selects (None: the schema does not say)."""
+    if _is_registry(tp):
+        name = node.get("name")
+        return tp.registry.get(name) if isinstance(name, str) and name in tp.registry else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _child_type(tp: Any, node: Mapping[str, Any], key: str) -> Any:
+    """The declared type of ``node[key]`` when ``node`` has type ``tp`` (None: unknown)."""
+    cls = _entry_class(tp, node)
+    child = _type_hints(cls).get(key) if cls is not None else None
+    if get_origin(child) in (Union, types.UnionType):  # Optional[X] -> X
+        args = [a for a in get_args(child) if a is not type(None)]
+        child = args[0] if len(args) == 1 else None
+    return child
+
+
+def _default_entry(tp: Any, node: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A new node for the registry field ``key``: ``{name: <its default entry>}`` (or empty)."""
+    cls = _entry_class(tp, node)
+    f = next((f for f in dataclasses.fields(cls) if f.name == key), None) if cls is not None else None
+    if f is None or (f.default is _MISSING and f.default_factory is _MISSING):
+        return {}
+    default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+    name = default if isinstance(default, str) else getattr(type(default), "registry_name", None)
+    return {"name": name} if name is not None else {}
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, schema: type | None = None) -> None:
+    """Set ``a.b.c`` in a nested dict, creating mappings as needed.
+
+    A registry switch such as ``truncation.prior.name=fixed`` drops the old entry's other fields,
+    which belong to the old name. Only a registry node is cleared: with ``schema`` (the dataclass
+    that ``data`` loads into) a node whose declared type is a registry base; without it, any
+    mapping below the top level (the top level is never a registry entry: its ``name`` is the
+    experiment's or the sweep's). A plain ``name`` field (``name``, ``optim.name``) is just set.
+    With ``schema``, a field of a registry node the data leaves out goes into the default entry
+    (``sde.beta_min=0.2`` on a file without ``sde``: the default ``vp``, as the loader would fill in).
+    """
     keys = dotted.split(".")
-    node = data
+    node, tp = data, schema  # tp: the node's declared type (None: unknown)
     for i, k in enumerate(keys[:-1]):
         nxt = node.get(k)
-        if isinstance(nxt, str) and keys[i + 1] != "name":
+        child = _child_type(tp, node, k) if schema is not None else None
+        if nxt is None and _is_registry(child) and keys[i + 1] != "name":
+            nxt = _default_entry(tp, node, k)  # `sde.beta_min=…` on a file without `sde`
+        if isinstance(nxt, str):  # a bare registry name grows a mapping
             nxt = {"name": nxt}
-        if not isinstance(nxt, dict):
-            nxt = {} if nxt is None else ({"name": nxt} if isinstance(nxt, str) else nxt)
-            if not isinstance(nxt, dict):
-                raise ConfigError(".".join(keys[: i + 1]), f"is {nxt!r}, not a mapping: cannot set {dotted}")
+        elif nxt is None:
+            nxt = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(".".join(keys[: i + 1]), f"is {nxt!r}, not a mapping: cannot set {dotted}")
         node[k] = nxt
-        node = nxt
+        node, tp = nxt, child
     last = keys[-1]
-    if last == "name" and isinstance(node.get("name"), str) and node.get("name") != value:
+    registry_node = _is_registry(tp) if schema is not None else node is not data
+    if last == "name" and registry_node and isinstance(node.get("name"), str) and node.get("name") != value:
         node.clear()
     node[last] = value
 
@@ -196,13 +248,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | Mapping[str, Any]) -> dict[str, Any]:
-    import copy
-
+def apply_overrides(data: dict[str, Any], overrides: list[str] | Mapping[str, Any],
+                    schema: type | None = None) -> dict[str, Any]:
+    """A copy of ``data`` with dotted overrides (``["a.b=1"]`` or ``{"a.b": 1}``) applied in order;
+    ``schema``, the dataclass the result loads into, tells registry nodes apart (see set_dotted)."""
     out = copy.deepcopy(data)
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
     for key, value in items:
-        set_dotted(out, key, value)
+        set_dotted(out, key, value, schema)
     return out
 
 
@@ -223,7 +276,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_file(cls: type[D], path: str | Path, overrides: list[str] | Mapping[str, Any] = ()) -> D:
     """Load ``cls`` from a YAML file plus dotted overrides; errors name the file."""
-    data = apply_overrides(read_yaml(path), overrides)
+    data = apply_overrides(read_yaml(path), overrides, cls)
     try:
         return load_dataclass(cls, data)
     except ConfigError as e:

@@ -1,6 +1,7 @@
 """One evaluation of a trained (EMA) model: NLL and NELBO in bits/dim, samples with their NFE,
 and sample quality (pixel-space Fréchet distance without weights; FID and the Inception Score
-when Inception weights exist — never a substitute number under those names).
+when Inception weights exist — never a substitute number under those names; on the 8×8 digits a
+classifier-feature Fréchet distance, on mixture data exact-density figures: docs/METRICS.md).
 
 Work is sharded over ranks and reduced, so the figures are global whatever the worker count.
 Evaluation noise is derived from (seed, "eval") only, so successive evaluations of one run and
@@ -164,8 +165,16 @@ def inception_weights_path() -> str | None:
     return os.environ.get(INCEPTION_WEIGHTS_ENV) or None
 
 
+def _fid_cache_dir() -> Path:
+    """Where FID reference statistics and the digits classifier are cached."""
+    return Path(os.environ.get(FID_CACHE_ENV) or Path.home() / ".cache" / "st_sweeps" / "fid")
+
+
 def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, train_data: ImageData,
                            out_dir: Path, step: int, tracker: Any) -> dict[str, float]:
+    """``eval.sample_quality``: pixel_fd and/or fid (``both``), digits_fd (classifier-feature
+    Fréchet distance and KID, 8×8 digits: ``st_sweeps.digits_fd``), gmm_exact (exact density and
+    two-sample tests on mixture data: ``st_sweeps.gmm_quality``), or none."""
     from st_sweeps.fid import compute_fid, missing_weights_message, pixel_frechet_distance, reference_stats
 
     want = config.eval.sample_quality
@@ -178,11 +187,24 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
         gen_u8, ref = samples.cpu().float(), ref_raw.float()
     if want in ("pixel_fd", "both"):
         metrics["eval/pixel_fd"] = float(pixel_frechet_distance(gen_u8, ref))
+    if want == "digits_fd":  # the config allows it for the 8×8 digits only
+        from st_sweeps.digits_fd import digits_fd
+
+        metrics.update(digits_fd(gen_u8, cache_dir=_fid_cache_dir()).as_metrics())
+    if want == "gmm_exact":  # the config allows it for Gaussian-mixture data only
+        from st_sweeps.gmm_quality import gmm_quality
+
+        if train_data.mixture is None:
+            raise ValueError(f"eval.sample_quality='gmm_exact' needs data with an exact mixture, got {train_data.name!r}")
+        # the fresh reference draws are common to every evaluation of the run (seed, "eval")
+        metrics.update(gmm_quality(train_data.mixture, samples.cpu(),
+                                   generator(config.seed, "eval", "gmm_reference")).as_metrics())
+    metrics.update(fd_stderr_metrics(metrics, gen_u8, ref, generator(config.seed, "eval", "fd_bootstrap")))
     if want in ("fid", "both"):
         if not train_data.discrete:
             tracker.set_tags({"eval/fid_missing_reason": "FID needs 8-bit image data"})
         else:
-            cache = Path(os.environ.get(FID_CACHE_ENV) or Path.home() / ".cache" / "st_sweeps" / "fid")
+            cache = _fid_cache_dir()
             weights = inception_weights_path()
             missing = missing_weights_message(weights)
             if missing is not None:
@@ -201,6 +223,46 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
                 elif fid.inception_score_missing_reason is not None:  # e.g. fewer samples than IS splits
                     tracker.set_tags({"eval/inception_score_missing_reason": fid.inception_score_missing_reason})
     return metrics
+
+
+FD_BOOTSTRAP_REPEATS = 50
+FD_BOOTSTRAP_MAX_DIM = 1024  # above this many features a resample costs as much as a pixel_fd of CIFAR
+
+
+def fd_bootstrap_stderr(features: torch.Tensor, reference: torch.Tensor, gen: torch.Generator,
+                        repeats: int = FD_BOOTSTRAP_REPEATS) -> float:
+    """Standard error of a Fréchet distance from the generated set's own data: the std of the
+    distance over ``repeats`` bootstrap resamples (with replacement) of the generated features
+    [N, F]. The reference [M, F] stays fixed: every trial of a sweep shares it."""
+    from st_sweeps.fid import frechet_distance, gaussian_fit
+
+    ref = gaussian_fit(reference)
+    n = len(features)
+    values = [frechet_distance(*gaussian_fit(features[torch.randint(0, n, (n,), generator=gen)]), *ref)
+              for _ in range(repeats)]
+    return float(torch.tensor(values, dtype=torch.float64).std())
+
+
+def fd_stderr_metrics(metrics: dict[str, float], generated: torch.Tensor, reference: torch.Tensor,
+                      gen: torch.Generator) -> dict[str, float]:
+    """``eval/pixel_fd_stderr`` and ``eval/digits_fd_stderr`` beside the distances ``metrics``
+    holds (bootstrap over the samples, ``fd_bootstrap_stderr``); none for more than
+    ``FD_BOOTSTRAP_MAX_DIM`` features (a missing value, not a number)."""
+    out: dict[str, float] = {}
+
+    def pixels(x: torch.Tensor) -> torch.Tensor:
+        return (x.double() / 255.0 if x.dtype == torch.uint8 else x.double()).flatten(1)
+
+    if "eval/pixel_fd" in metrics and generated[0].numel() <= FD_BOOTSTRAP_MAX_DIM and len(generated) >= 2:
+        out["eval/pixel_fd_stderr"] = fd_bootstrap_stderr(pixels(generated), pixels(reference), gen)
+    if "eval/digits_fd" in metrics and len(generated) >= 2:
+        from st_sweeps.digits_fd import classifier_path, digits_split, load_classifier
+
+        model, _ = load_classifier(classifier_path(_fid_cache_dir()))
+        with torch.no_grad():  # the classifier's feature layer, as digits_fd hands it to torch-fidelity
+            features = [model(x.float() / 255.0)[0].double() for x in (generated, digits_split("train")[0])]
+        out["eval/digits_fd_stderr"] = fd_bootstrap_stderr(*features, gen)
+    return out
 
 
 _WARNED: set[str] = set()

@@ -90,6 +90,10 @@ class TrainConfig:
 
 
 DEQUANTIZATIONS: tuple[str, ...] = ("uniform", "variational")
+SAMPLE_QUALITIES: tuple[str, ...] = ("pixel_fd", "fid", "both", "digits_fd", "gmm_exact", "none")
+# sample-quality metrics defined on certain data sets only: digits_fd's classifier knows the 8×8
+# digits; gmm_exact needs the data's exact mixture density
+DATA_SPECIFIC_QUALITIES: dict[str, tuple[str, ...]] = {"digits_fd": ("digits",), "gmm_exact": ("gmm_image", "gmm2d")}
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,9 @@ class EvalConfig:
     snr: float = 0.16
     corrector_steps: int = 1
     sample_eps: float = 1e-5  # where sampling stops (the paper: 1e-5, 1e-3 at 256 px)
-    sample_quality: Literal["pixel_fd", "fid", "both", "none"] = "pixel_fd"
+    # pixel_fd, fid, both (= pixel_fd + fid), digits_fd (classifier-feature FD and KID; 8×8 digits
+    # only), gmm_exact (exact log-density and two-sample tests; mixture data only), none: docs/METRICS.md
+    sample_quality: Literal["pixel_fd", "fid", "both", "digits_fd", "gmm_exact", "none"] = "pixel_fd"
     fid_reference_examples: int = 0  # training images in the FID reference statistics; 0: all (the paper)
     # chunks the samples are scored in for the Inception Score (mean and std over chunks): 10 is
     # torch-fidelity's default, 1 the Soft Truncation / score_sde protocol (all samples as one)
@@ -133,6 +139,8 @@ class EvalConfig:
         require_positive(self.nll_atol, "nll_atol")
         require(self.dequantization in DEQUANTIZATIONS, "dequantization", f"got {self.dequantization!r}",
                 DEQUANTIZATIONS)
+        require(self.sample_quality in SAMPLE_QUALITIES, "sample_quality", f"got {self.sample_quality!r}",
+                SAMPLE_QUALITIES)
         for name in ("dequantizer_steps", "dequantizer_batch_size", "dequantizer_hidden"):
             require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
         require_positive(self.dequantizer_lr, "dequantizer_lr")
@@ -167,8 +175,18 @@ class ExperimentConfig:
             require(hasattr(self.sde, "integrated_beta"), "model.time_input",
                     f"'unbounded' needs a VP-type SDE, got sde.name={self.sde.registry_name!r}",
                     "t999, log_sigma (or use sde vp/subvp)")
+        self._check_sample_quality()
         ref = self.objective.reference_batch_size
         require(ref == 0 or self.train.chunk_size >= 1, "objective.reference_batch_size", f"got {ref}")
+
+    def _check_sample_quality(self) -> None:
+        """digits_fd and gmm_exact are defined on one kind of data each; refuse the others."""
+        want, data = self.eval.sample_quality, self.data.dataset.registry_name
+        allowed = [q for q in SAMPLE_QUALITIES if data in DATA_SPECIFIC_QUALITIES.get(q, (data,))]
+        for quality, datasets in DATA_SPECIFIC_QUALITIES.items():
+            require(want != quality or data in datasets, "eval.sample_quality",
+                    f"{quality!r} is defined only for data.dataset {' or '.join(map(repr, datasets))}, got {data!r}",
+                    allowed)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | Mapping[str, Any] = ()) -> ExperimentConfig:

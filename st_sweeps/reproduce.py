@@ -64,7 +64,7 @@ from st_sweeps.tracking import NullTracker
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_DIR = REPO_ROOT / "reproductions" / "manifests"
 RESULTS_DIR = REPO_ROOT / "reproductions" / "results"
-DATASETS = ("cifar10", "celeba", "celebahq", "stl10")
+DATASETS = ("cifar10", "celeba", "celebahq", "stl10", "imagenet32")
 SCALES = ("smoke", "paper")
 EXIT_MISSING = 2  # missing data or weights, or a bad manifest / argument
 SMOKE_BANNER = "SMOKE SCALE — not a reproduction"
@@ -258,7 +258,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Manifest:
-    dataset: Literal["cifar10", "celeba", "celebahq", "stl10"]
+    dataset: Literal["cifar10", "celeba", "celebahq", "stl10", "imagenet32"]
     title: str
     protocol: Protocol
     rows: tuple[Row, ...]
@@ -339,7 +339,7 @@ def smoke_config(row: Row, smoke: SmokeScale, dataset: str, seed: int, fid_avail
             dequantizer_steps=min(s.dequantizer_steps, paper_eval.get("dequantizer_steps", defaults.dequantizer_steps)),
             dequantizer_batch_size=min(s.dequantizer_batch_size,
                                        paper_eval.get("dequantizer_batch_size", defaults.dequantizer_batch_size)))
-    data = apply_overrides(data, s.overrides)
+    data = apply_overrides(data, s.overrides, ExperimentConfig)
     try:
         return experiment_from_dict(data)
     except ConfigError as e:
@@ -903,6 +903,7 @@ class TableFiles:
     csv: Path
     latex: Path
     figure: Path
+    weights: Path | None = None  # the rows' loss weight over noise levels, ours vs official
 
 
 def write_tables(manifest: Manifest, scale: str, out: Path, cells: Sequence[Cell],
@@ -912,7 +913,10 @@ def write_tables(manifest: Manifest, scale: str, out: Path, cells: Sequence[Cell
     _write_atomic(files.csv, csv_table(manifest, scale, cells))
     _write_atomic(files.latex, latex_table(manifest, scale, cells))
     write_figure(manifest, scale, cells, files.figure)
-    return files
+    from st_sweeps.parity import manifest_weight_figure
+
+    weights = manifest_weight_figure(manifest, out / "weights.png")
+    return dataclasses.replace(files, weights=weights)
 
 
 # ================================================================================ compute estimate
@@ -1133,7 +1137,8 @@ def main(dataset: str, argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(str(e))
     print(files.markdown.read_text())
-    print(f"wrote {files.markdown}, {files.csv}, {files.latex} and {files.figure}")
+    print(f"wrote {files.markdown}, {files.csv}, {files.latex} and {files.figure}"
+          + (f", and the loss weights ours vs official in {files.weights}" if files.weights else ""))
     return 0
 
 
@@ -1172,8 +1177,9 @@ def reproduce(manifest: Manifest, rows: Sequence[Row], seeds: Sequence[int], sca
         estimate_file = out / "gpu_hours.json"
         estimate = json.loads(estimate_file.read_text()) if estimate_file.exists() else None
         files = write_tables(manifest, scale, out, cells, configs, estimate)
-        for path in (files.markdown, files.csv, files.latex, files.figure):
-            parent.log_artifact(path, "tables")
+        for path in (files.markdown, files.csv, files.latex, files.figure, files.weights):
+            if path is not None:
+                parent.log_artifact(path, "tables")
         status = "FINISHED"
     finally:
         parent.close(status)

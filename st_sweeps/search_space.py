@@ -17,6 +17,14 @@ A sweep file is YAML with these top-level keys (only ``space`` and ``objectives`
     resources: {cpus: 1, gpus: 0, workers: 1}
     mlflow: {experiment: null, tracking_uri: null}
     storage_path: ./ray_results
+    baseline:                        # optional: the usual setting, run first, on several training seeds
+      params: {truncation.prior.name: fixed, truncation.eps: 1.0e-5}
+      seeds: 3
+
+The baseline is a point of the space (every dimension it activates, none other, each value inside
+its dimension). It is enqueued as the first ``seeds`` trials (training seeds base seed, +1, ...),
+which the scheduler never stops early, so that the report compares the best trial with it and
+measures the seed-to-seed spread of one configuration within the sweep itself.
 
 Every problem is a ``ConfigError`` naming the file, the key path and what is allowed. The base
 config is loaded as an ``ExperimentConfig`` with the space's values applied — the first point
@@ -45,7 +53,14 @@ from st_sweeps.experiment import ExperimentConfig
 OBJECTIVE_METRICS: tuple[str, ...] = (
     "eval/nll_bpd", "eval/nelbo_bpd", "eval/nll_bpd_no_residual", "eval/nelbo_bpd_no_residual",
     "eval/pixel_fd", "eval/fid", "eval/inception_score", "eval/nfe_nll", "eval/nfe_sampling", "train/loss",
+    "eval/digits_fd", "eval/digits_kid", "eval/gmm_sample_logp", "eval/gmm_energy_distance",
 )
+# objective metrics -> the base eval.sample_quality values that compute them
+_SAMPLE_QUALITY_OF: dict[str, tuple[str, ...]] = {
+    "eval/pixel_fd": ("pixel_fd", "both"), "eval/fid": ("fid", "both"), "eval/inception_score": ("fid", "both"),
+    "eval/digits_fd": ("digits_fd",), "eval/digits_kid": ("digits_fd",),
+    "eval/gmm_sample_logp": ("gmm_exact",), "eval/gmm_energy_distance": ("gmm_exact",),
+}
 Mode = Literal["min", "max"]
 SEARCHERS: tuple[str, ...] = ("tpe", "nsga2", "random", "grid")
 SCHEDULERS: tuple[str, ...] = ("asha", "none")
@@ -76,6 +91,10 @@ class Dimension:
         raise NotImplementedError
 
     def describe(self) -> str:
+        raise NotImplementedError
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a point of this dimension (a value Optuna could suggest)."""
         raise NotImplementedError
 
 
@@ -128,6 +147,14 @@ class FloatDimension(Dimension):
         scale = "log-uniform" if self.log else ("uniform" if self.step is None else f"step {self.step:g}")
         return f"float [{self.low:g}, {self.high:g}] {scale}"
 
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        k = (value - self.low) / self.step
+        return abs(k - round(k)) < 1e-9
+
 
 @dataclass(frozen=True)
 class IntDimension(Dimension):
@@ -159,6 +186,10 @@ class IntDimension(Dimension):
         scale = "log-uniform" if self.log else ("uniform" if self.step == 1 else f"step {self.step}")
         return f"int [{self.low}, {self.high}] {scale}"
 
+    def contains(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+                and (value - self.low) % self.step == 0)
+
 
 @dataclass(frozen=True)
 class CategoricalDimension(Dimension):
@@ -187,6 +218,9 @@ class CategoricalDimension(Dimension):
 
     def describe(self) -> str:
         return "one of " + ", ".join(repr(c) for c in self.choices)
+
+    def contains(self, value: Any) -> bool:
+        return any(_same(value, c) for c in self.choices)
 
 
 DIMENSION_TYPES: dict[str, type[Dimension]] = {
@@ -267,6 +301,20 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """The usual setting, a point of the space (dotted key -> value), run as the sweep's first
+    ``seeds`` trials on training seeds base seed, base seed + 1, ...; never stopped early."""
+
+    params: dict = field(default_factory=dict)
+    seeds: int = 1
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.params, dict) and len(self.params) >= 1, "params",
+                f"got {self.params!r}", "a mapping of searched keys to values, e.g. {truncation.eps: 1.0e-5}")
+        require(self.seeds >= 1, "seeds", f"got {self.seeds!r}", "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class _FileFields:
     """The top-level keys (``base`` and ``space`` are checked by hand: they are open mappings)."""
 
@@ -281,6 +329,7 @@ class _FileFields:
     resources: Resources = field(default_factory=Resources)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     storage_path: str = DEFAULT_STORAGE_PATH
+    baseline: BaselineConfig | None = None
 
 
 TOP_LEVEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(_FileFields))
@@ -304,6 +353,7 @@ class SearchSpace:
     mlflow: MlflowConfig
     storage_path: str
     reference: ExperimentConfig  # the base at the first point of the space
+    baseline: BaselineConfig | None = None
 
     # -- objectives
     @property
@@ -399,7 +449,7 @@ def apply_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
     first, so that switching ``truncation.prior.name`` never drops a field set in the same point."""
     ordered = sorted(params.items(), key=lambda kv: (0, kv[0].count(".")) if kv[0].endswith(".name")
                      or kv[0] == "name" else (1, 0))
-    return apply_overrides(dict(base), dict(ordered))
+    return apply_overrides(dict(base), dict(ordered), ExperimentConfig)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -442,6 +492,10 @@ def apply_sweep_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> 
             if match is not None or "." in rest:
                 space[rest] = value
                 continue
+        if key.startswith("base.") and isinstance(out.get("base", {}), dict):
+            # the base is an experiment: its schema tells registry nodes from plain fields
+            out["base"] = apply_overrides(out.get("base", {}), {key[len("base."):]: value}, ExperimentConfig)
+            continue
         out = apply_overrides(out, {key: value})
     return out
 
@@ -495,10 +549,12 @@ def _from_dict(data: Any, stem: str, where: str) -> SearchSpace:
         source=where, data=dict(data), name=top.name, base=resolved_base, dimensions=dims, objectives=top.objectives,
         searcher=top.searcher, scheduler=top.scheduler, trials=top.trials, max_concurrent=top.max_concurrent,
         resources=top.resources, mlflow=top.mlflow if top.mlflow.experiment else MlflowConfig(
-            f"st_sweeps-{stem}", top.mlflow.tracking_uri), storage_path=top.storage_path, reference=reference)
+            f"st_sweeps-{stem}", top.mlflow.tracking_uri), storage_path=top.storage_path, reference=reference,
+        baseline=top.baseline)
     _check_metrics_available(space)
     _check_scheduler(space)
     _check_searcher(space)
+    _check_baseline(space)
     return space
 
 
@@ -634,16 +690,13 @@ def _check_metrics_available(space: SearchSpace) -> None:
         if metric.startswith(("eval/nll", "eval/nelbo", "eval/nfe_nll")):
             require(ev.nll_examples > 0, where, f"{metric} needs base eval.nll_examples > 0",
                     "a metric the evaluation computes")
-        if metric in ("eval/pixel_fd", "eval/fid", "eval/inception_score", "eval/nfe_sampling"):
+        if metric in _SAMPLE_QUALITY_OF or metric == "eval/nfe_sampling":
             require(ev.num_samples > 0, where, f"{metric} needs base eval.num_samples > 0",
                     "a metric the evaluation computes")
-        if metric == "eval/pixel_fd":
-            require(ev.sample_quality in ("pixel_fd", "both"), where,
-                    f"eval/pixel_fd needs base eval.sample_quality pixel_fd or both, got {ev.sample_quality!r}",
-                    "a metric the evaluation computes")
-        if metric in ("eval/fid", "eval/inception_score"):
-            require(ev.sample_quality in ("fid", "both"), where,
-                    f"{metric} needs base eval.sample_quality fid or both, got {ev.sample_quality!r}",
+        if metric in _SAMPLE_QUALITY_OF:
+            qualities = _SAMPLE_QUALITY_OF[metric]
+            require(ev.sample_quality in qualities, where,
+                    f"{metric} needs base eval.sample_quality {' or '.join(qualities)}, got {ev.sample_quality!r}",
                     "a metric the evaluation computes")
 
 
@@ -675,6 +728,34 @@ def _check_searcher(space: SearchSpace) -> None:
             f"an integer in [1, {size}]")
 
 
+def _check_baseline(space: SearchSpace) -> None:
+    """The baseline is one point of the space, and a valid experiment there."""
+    b = space.baseline
+    if b is None:
+        return
+    require(space.searcher.name != "grid", "baseline", "cannot be enqueued into a grid search",
+            "no baseline (the grid holds its points already), or searcher tpe, nsga2, random")
+    dims = {d.key: d for d in space.dimensions}
+    for key, value in b.params.items():
+        require(key in dims, f"baseline.params.{key}", "not a dimension of the space", list(dims))
+    point: dict[str, Any] = {}
+    for d in space.dimensions:
+        where = f"baseline.params.{d.key}"
+        if not active(d, point):
+            require(d.key not in b.params, where, f"is inactive at this point (it needs {d.when})",
+                    "leave it out, or set the condition")
+            continue
+        require(d.key in b.params, "baseline.params", f"misses {d.key!r}, active at this point",
+                f"a value for {d.key}: {d.describe()}")
+        value = b.params[d.key]
+        require(d.contains(value), where, f"{value!r} is outside the dimension", d.describe())
+        point[d.key] = value
+    try:
+        _build_experiment(apply_params(space.base, point), "")
+    except ConfigError as e:
+        raise ConfigError("baseline.params", f"makes {e.field} invalid: {e.problem}", e.allowed) from None
+
+
 def summary(space: SearchSpace) -> str:
     """A few lines describing the sweep (for --dry-run and the parent run's description)."""
     lines = [f"objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
@@ -688,12 +769,15 @@ def summary(space: SearchSpace) -> str:
     for d in space.dimensions:
         cond = f"  when {', '.join(f'{k}={v!r}' for k, v in d.when.items())}" if d.when else ""
         lines.append(f"  {d.key}: {d.describe()}{cond}")
+    if space.baseline is not None:
+        point = ", ".join(f"{k}={v!r}" for k, v in space.baseline.params.items())
+        lines.append(f"baseline:   {point}, run first on {space.baseline.seeds} training seed(s), never stopped early")
     return "\n".join(lines)
 
 
 __all__ = [
     "OBJECTIVE_METRICS", "SEARCHERS", "SCHEDULERS", "Dimension", "FloatDimension", "IntDimension",
-    "CategoricalDimension", "ObjectiveSpec", "SearcherConfig", "SchedulerConfig", "Resources", "MlflowConfig",
+    "CategoricalDimension", "ObjectiveSpec", "BaselineConfig", "SearcherConfig", "SchedulerConfig", "Resources", "MlflowConfig",
     "SearchSpace", "DefineByRun", "load_search_space", "search_space_from_dict", "apply_sweep_overrides", "apply_params",
     "active", "summary",
 ]

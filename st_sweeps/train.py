@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from st_sweeps.checkpoint import CheckpointError
 from st_sweeps.data import MissingDataError
 from st_sweeps.errors import ConfigError
 from st_sweeps.experiment import ExperimentConfig, config_yaml, load_experiment
@@ -176,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_name = args.name or config.name
         return run_local(config, args, run_name) if args.local else run_ray(config, args, run_name)
     except (ConfigError, MissingDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:  # no usable checkpoint to resume from: name it, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

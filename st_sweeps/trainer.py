@@ -16,11 +16,12 @@ import contextlib
 import functools
 import math
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TextIO
 
 import numpy as np
 import torch
@@ -280,7 +281,8 @@ class Trainer:
             total += float(loss.detach()) * self.chunk_size / (cfg.train.batch_size / self.world)
             self.diagnostics.add(torch.cat(times), per_example.detach().float())
         self.scaler.unscale_(self.optimizer)
-        grad_norm = self._clip_gradients(cfg.optim.grad_clip_norm or math.inf)
+        max_norm = cfg.optim.grad_clip_norm or math.inf
+        grad_norm = self._clip_gradients(max_norm)
         # with fp16 loss scaling an infinite gradient only means "skip this step and lower the
         # scale"; a non-finite loss, or a non-finite gradient without scaling, is divergence
         if not math.isfinite(total) or (not math.isfinite(grad_norm) and not self.scaler.is_enabled()):
@@ -292,7 +294,7 @@ class Trainer:
         self.last_finite = (step, total)
         self.step += 1
         return {"train/loss": total, "train/tau": float(tau), "train/lr": self.lr_at(step),
-                "train/grad_norm": grad_norm}
+                "train/grad_norm": grad_norm, "train/clipped": float(clipped(grad_norm, max_norm))}
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The context the training forward runs in: autocast to ``train.precision``, or none."""
@@ -389,10 +391,16 @@ class Trainer:
         return path
 
     def resume_if_possible(self, path: str | Path | None = None) -> bool:
-        path = Path(path) if path else ckpt.latest_checkpoint(self.paths.checkpoints)
-        if path is None:
+        """Load ``path``, or else the newest checkpoint of the run that loads: a damaged newer one
+        (cut short by a crash or a full disk) is set aside with a warning (checkpoint.load_latest).
+        A damaged ``path`` raises CheckpointError naming it and what is wrong."""
+        if path:
+            self.load_state_dict(ckpt.load(path, self.device))
+            return True
+        found = ckpt.load_latest(self.paths.checkpoints, self.device, set_aside=self.rank == 0)
+        if found is None:
             return False
-        self.load_state_dict(ckpt.load(path, self.device))
+        self.load_state_dict(found[1])
         return True
 
     # ------------------------------------------------------------------ evaluate
@@ -420,23 +428,27 @@ class Trainer:
         if resumed and self.rank == 0:
             self.tracker.set_tags({"resumed_from_step": str(self.step)})
         bar = _progress(self.progress, cfg.steps, self.step)
-        window_loss, window_steps, t_window = 0.0, 0, time.perf_counter()
+        window_loss, window_clipped, window_steps, t_window = 0.0, 0.0, 0, time.perf_counter()
         final: dict[str, float] = {}
         while self.step < cfg.steps:
             metrics = self.train_step()
             window_loss += metrics["train/loss"]
+            window_clipped += metrics.pop("train/clipped")
             window_steps += 1
             step = self.step
             if step % cfg.log_every_steps == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - t_window
-                logged = dist.all_reduce_mean({**metrics, "train/loss": window_loss / window_steps}, self.device)
+                # the share of the window's steps whose gradient clipping fired: with a summed loss
+                # at large D it can fire on every step, and then the per-step loss scale is lost
+                logged = dist.all_reduce_mean({**metrics, "train/loss": window_loss / window_steps,
+                                               "train/clip_fraction": window_clipped / window_steps}, self.device)
                 logged["perf/steps_per_s"] = window_steps / max(elapsed, 1e-9)
                 logged["perf/images_per_s"] = logged["perf/steps_per_s"] * self.config.train.batch_size
                 if self.rank == 0:
                     self.tracker.log_metrics(logged, step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{logged['train/loss']:.4g}", it_s=f"{logged['perf/steps_per_s']:.2f}")
-                window_loss, window_steps, t_window = 0.0, 0, time.perf_counter()
+                window_loss, window_clipped, window_steps, t_window = 0.0, 0.0, 0, time.perf_counter()
             if bar is not None:
                 bar.update(1)
             is_eval = step == cfg.steps or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
@@ -455,18 +467,71 @@ class Trainer:
         return final
 
 
+def clipped(grad_norm: float, max_norm: float) -> bool:
+    """Whether ``_clip_gradients`` scaled the gradients down (its factor max_norm/(norm + 1e-6) < 1)."""
+    return not max_norm / (grad_norm + 1e-6) >= 1.0
+
+
 def _flat(d: Mapping[str, Any]) -> dict[str, Any]:
     from st_sweeps.config import flatten
 
     return flatten(d)
 
 
-def _progress(enabled: bool, total: int, initial: int) -> Any:
+PLAIN_PROGRESS_INTERVAL_S = 30.0  # off a terminal, a progress line at most this often
+_PLAIN_PROGRESS_FORMAT = ("{desc} step {n_fmt}/{total_fmt} ({percentage:.0f}%) {rate_fmt}, "
+                          "{elapsed}<{remaining}{postfix}")
+
+
+def _progress(enabled: bool, total: int, initial: int, file: TextIO | None = None) -> Any:
+    """tqdm's live bar on a terminal (or in a notebook). Elsewhere (CI, nohup, ``| tee``, Ray
+    workers) a redrawn bar floods the log with carriage returns, so the same tqdm writes plain
+    lines instead, ``train step 300/2000 (15%) 41.20 step/s, 00:07<00:41, loss=…``: one at the
+    start, then at most one every PLAIN_PROGRESS_INTERVAL_S seconds, and one at the end."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    import tqdm.autonotebook
+    import tqdm.std
+    from tqdm.auto import tqdm as live_bar
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    stream = sys.stderr if file is None else file
+    if tqdm.autonotebook.tqdm is not tqdm.std.tqdm or _isatty(stream):
+        return live_bar(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=stream)
+
+    class PlainLines(tqdm.std.tqdm):
+        def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown in the next timed line
+
+    return PlainLines(total=total, initial=initial, desc="train", unit=" step", file=_Lines(stream),
+                      bar_format=_PLAIN_PROGRESS_FORMAT, mininterval=PLAIN_PROGRESS_INTERVAL_S, miniters=1)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+class _Lines:
+    """The file tqdm writes to off a terminal: each redraw (``\\r`` + status + padding) becomes one
+    line with single spaces; blank writes (the final newline) and a repeat of the last line vanish
+    (``close`` redraws a bar whose last step was just drawn)."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.last = ""
+
+    def write(self, text: str) -> int:
+        for part in text.replace("\r", "\n").split("\n"):
+            line = " ".join(part.split())
+            if line and line != self.last:
+                self.stream.write(line + "\n")
+                self.last = line
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _numpy_state() -> dict[str, Any]:

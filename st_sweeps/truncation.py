@@ -130,6 +130,14 @@ class TimeSampler:
         """u: U(0,1) float64 [n] -> (t, 1/p(t)) in float64."""
         raise NotImplementedError
 
+    def normalizer(self, sde, tau: float) -> float:  # noqa: ANN001
+        """Z_τ, the normaliser of the density: p(t) = q(t)/Z_τ on [τ, T] with the τ-free shape q."""
+        raise NotImplementedError
+
+    def density(self, sde, tau: float, t: Tensor) -> Tensor:  # noqa: ANN001
+        """p(t) on [τ, T], [n] (in t's dtype)."""
+        raise NotImplementedError
+
 
 @TimeSampler.registry.register("uniform")
 @dataclass(frozen=True)
@@ -139,6 +147,12 @@ class UniformSampler(TimeSampler):
     def _sample(self, sde, tau: float, u: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
         width = sde.T - tau
         return tau + width * u, torch.full_like(u, width)
+
+    def normalizer(self, sde, tau: float) -> float:  # noqa: ANN001
+        return sde.T - tau
+
+    def density(self, sde, tau: float, t: Tensor) -> Tensor:  # noqa: ANN001
+        return torch.full_like(t, 1.0 / (sde.T - tau))
 
 
 @TimeSampler.registry.register("importance")
@@ -157,6 +171,13 @@ class ImportanceSampler(TimeSampler):
         t = sde.time_from_neg_log_snr(ends[0] + z * u).clamp(tau, sde.T)
         return t, z * sde.std(t) ** 2 / sde.g2(t)
 
+    def normalizer(self, sde, tau: float) -> float:  # noqa: ANN001
+        ends = sde.neg_log_snr(torch.tensor([tau, sde.T], dtype=torch.float64))
+        return float(ends[1] - ends[0])
+
+    def density(self, sde, tau: float, t: Tensor) -> Tensor:  # noqa: ANN001
+        return sde.g2(t) / sde.std(t) ** 2 / self.normalizer(sde, tau)
+
 
 @TimeSampler.registry.register("reciprocal")
 @dataclass(frozen=True)
@@ -167,6 +188,12 @@ class ReciprocalSampler(TimeSampler):
         width = 1.0 / tau - 1.0 / sde.T
         t = (1.0 / (1.0 / sde.T + width * u)).clamp(tau, sde.T)
         return t, t * t * width
+
+    def normalizer(self, sde, tau: float) -> float:  # noqa: ANN001
+        return 1.0 / tau - 1.0 / sde.T
+
+    def density(self, sde, tau: float, t: Tensor) -> Tensor:  # noqa: ANN001
+        return 1.0 / (t * t * self.normalizer(sde, tau))
 
 
 # --------------------------------------------------------------------------------------- config

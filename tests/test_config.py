@@ -201,6 +201,19 @@ def test_switching_a_registry_name_drops_the_old_fields() -> None:
     assert err.value.field == "steps"
 
 
+def test_a_schema_tells_registry_nodes_from_plain_name_fields() -> None:
+    data = {"name": "run", "steps": 3, "shape": {"name": "box", "width": 4}}
+    for schema in (Outer, None):  # the top level is never a registry node
+        assert apply_overrides(data, ["name=other"], schema) == {**data, "name": "other"}
+        assert apply_overrides(data, ["shape.name=circle"], schema) == {**data, "shape": {"name": "circle"}}
+    # a field of a registry node the data leaves out goes into that field's default entry
+    assert apply_overrides({}, ["shape.radius=2"], Outer) == {"shape": {"name": "circle", "radius": 2}}
+    assert load_dataclass(Outer, apply_overrides({}, ["shape.radius=2"], Outer)).shape == Circle(2.0)
+    with pytest.raises(ConfigError) as err:  # the default prior is 'fixed', which has no k
+        load_dataclass(Outer, apply_overrides({}, ["truncation.prior.k=2"], Outer))
+    assert err.value.field == "truncation.prior.k"
+
+
 def test_overrides_then_load_report_the_override_path(tmp_path: Path) -> None:
     path = tmp_path / "e.yaml"
     path.write_text("steps: 2\n")

@@ -220,7 +220,7 @@ def _halves(b: int, x0: torch.Tensor, seed: int, score_fn) -> tuple[torch.Tensor
     gen = torch.Generator().manual_seed(seed)
     h = (b + 1) // 2
     lik = DSM(ImportanceLikelihoodWeighting()).loss(VPSDE(), score_fn, x0[:h], 1e-3, gen)
-    var = DSM(VarianceWeighting(), UniformSampler()).loss(VPSDE(), score_fn, x0[h:], 1e-3, gen)
+    var = DSM(VarianceWeighting(), UniformSampler(), normalization="average").loss(VPSDE(), score_fn, x0[h:], 1e-3, gen)
     return lik, var
 
 
@@ -253,9 +253,9 @@ def test_mixed_halves_use_their_own_samplers() -> None:
 
 
 @pytest.mark.parametrize("weight", [1.0, 0.01])
-def test_balanced_mixed_gives_equal_parts_and_a_detached_ratio(weight: float) -> None:
-    """balanced: the variance part is rescaled by sg[mean(lik)/mean(var)], so the two parts'
-    contributions to the mean are equal (times ``weight``); the gradient treats the ratio as a
+def test_balanced_mixed_rescales_by_the_mean_of_paired_ratios_held_constant(weight: float) -> None:
+    """balanced: the variance part is rescaled by sg[mean_i(lik_i/var_i)] (the official code's
+    mean of per-example ratios, pairing example i of each half); the gradient treats the ratio as a
     constant: ∇ mean(L) = ∇ mean(lik) + weight·r ∇ mean(var)."""
     b = 10
     x0 = torch.randn(b, 2, generator=torch.Generator().manual_seed(0))
@@ -265,13 +265,20 @@ def test_balanced_mixed_gives_equal_parts_and_a_detached_ratio(weight: float) ->
         return -theta * x
 
     losses = Mixed(weight=weight, balanced=True).loss(VPSDE(), score_fn, x0, 1e-3, torch.Generator().manual_seed(1))
-    first, second = losses[:5].sum() / b, losses[5:].sum() / b
-    torch.testing.assert_close(second, weight * first)
-    (grad,) = torch.autograd.grad(losses.mean(), theta)
     lik, var = _halves(b, x0, 1, score_fn)
-    r = float(lik.detach().mean() / var.detach().mean())
+    r = float((lik.detach() / var.detach()).mean())
+    assert r != pytest.approx(float(lik.detach().mean() / var.detach().mean()), rel=1e-3)  # the two rules differ here
+    first, second = losses[:5].sum() / b, losses[5:].sum() / b
+    torch.testing.assert_close(second, weight * r * var.detach().mean())
+    torch.testing.assert_close(first, lik.detach().mean())
+    (grad,) = torch.autograd.grad(losses.mean(), theta)
     (expected,) = torch.autograd.grad(lik.mean() + weight * r * var.mean(), theta)
     torch.testing.assert_close(grad, expected)
+
+
+def test_balanced_mixed_needs_an_even_batch() -> None:
+    with pytest.raises(ConfigError, match="even"):
+        Mixed(balanced=True).loss(VPSDE(), lambda x, t: x, torch.zeros(5, 2), 1e-3, torch.Generator())
 
 
 # --------------------------------------------------------------------------------------- config errors
@@ -309,3 +316,60 @@ def test_objective_configs_build_and_round_trip() -> None:
 def test_mixed_needs_two_examples() -> None:
     with pytest.raises(ConfigError):
         Mixed().loss(VPSDE(), lambda x, t: x, torch.zeros(1, 2), 1e-3, torch.Generator())
+
+
+# --------------------------------------------------------------------------------------- scale of the estimate
+@pytest.mark.parametrize("sampler", [UniformSampler(), ImportanceSampler(), ReciprocalSampler()])
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), ReciprocalVESDE()])
+def test_average_is_the_integral_divided_by_the_samplers_normaliser(sampler, sde) -> None:  # noqa: ANN001
+    """normalization: average estimates ∫_τ^T λ E‖·‖² dt / Z_τ; with uniform t that is the plain
+    average over [τ, T] (the official code's Z = 1), i.e. the integral form without (T − τ)."""
+    weighting = ImportanceLikelihoodWeighting() if isinstance(sampler, ImportanceSampler) else VarianceWeighting()
+    x0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    score_fn = GaussianMixture.gaussian(torch.zeros(3), 0.5).score_fn(sde)
+    for tau in (1e-4, 0.2, 0.9):
+        common = dict(weighting=weighting, time_sampler=sampler)
+        integral = DSM(**common).loss(sde, score_fn, x0, tau, torch.Generator().manual_seed(3))
+        average = DSM(**common, normalization="average").loss(sde, score_fn, x0, tau, torch.Generator().manual_seed(3))
+        z = {UniformSampler: sde.T - tau,
+             ReciprocalSampler: 1 / tau - 1 / sde.T,
+             ImportanceSampler: float(sde.neg_log_snr(torch.tensor(sde.T, dtype=torch.float64))
+                                      - sde.neg_log_snr(torch.tensor(tau, dtype=torch.float64)))}[type(sampler)]
+        torch.testing.assert_close(average, integral / z, rtol=1e-10, atol=0)
+
+
+def test_mean_reduction_divides_by_the_dimension_and_multiplier_scales() -> None:
+    sde = VPSDE()
+    x0 = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    score_fn = lambda x, t: -x  # noqa: E731
+    base = DSM().loss(sde, score_fn, x0, 1e-3, torch.Generator().manual_seed(1))
+    mean = DSM(reduction="mean").loss(sde, score_fn, x0, 1e-3, torch.Generator().manual_seed(1))
+    half = DSM(multiplier=0.5).loss(sde, score_fn, x0, 1e-3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mean, base / 18, rtol=1e-12, atol=0)
+    torch.testing.assert_close(half, base / 2, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"name": "dsm", "reduction": "avg"}, "objective.reduction"),
+    ({"name": "dsm", "normalization": "plain"}, "objective.normalization"),
+    ({"name": "dsm", "multiplier": 0}, "objective.multiplier"),
+    ({"name": "mixed", "reduction": "none"}, "objective.reduction"),
+    ({"name": "stf", "multiplier": -1.0}, "objective.multiplier"),
+])
+def test_scale_fields_refuse_bad_values_by_name(spec: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Objective.registry.build(spec, "objective")
+    assert err.value.field == field
+
+
+def test_loss_at_given_draws_equals_the_drawn_loss() -> None:
+    """``loss_at`` (1/p from the sampler's density) reproduces ``loss`` (1/p from the draw)."""
+    sde = VPSDE()
+    gen = torch.Generator().manual_seed(4)
+    x0 = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    objective = DSM(weighting=ImportanceLikelihoodWeighting(), reduction="mean")
+    drawn = objective.loss(sde, lambda x, t: -x, x0, 1e-3, gen)
+    gen = torch.Generator().manual_seed(4)
+    t, _ = objective.sampler.sample(sde, 1e-3, 6, gen, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(objective.loss_at(sde, lambda x, s: -x, x0, 1e-3, t, z), drawn, rtol=1e-9, atol=0)

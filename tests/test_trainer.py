@@ -275,3 +275,40 @@ def test_mlp_learns_the_exact_score_of_a_2d_mixture(tmp_path: Path) -> None:
     # exact one across t ∈ [0.02, 1] (measured about 0.03; an untrained net is near 1)
     assert after < 0.10, (before, after)
     assert before > 0.5
+
+
+@pytest.mark.parametrize("clip_norm", [1e-6, 1e6])
+def test_share_of_clipped_steps_is_logged_per_window(tmp_path: Path, clip_norm: float) -> None:
+    """train/clip_fraction: the share of a logging window's steps whose clipping fired, read
+    from the same gradient norm that was logged (clipping fires iff norm > max_norm)."""
+    from st_sweeps.tracking import NullTracker
+
+    class Recorder(NullTracker):
+        def __init__(self):
+            self.rows: list[tuple[int, dict[str, float]]] = []
+
+        def log_metrics(self, metrics, step):
+            self.rows.append((step, dict(metrics)))
+
+    rec = Recorder()
+    steps = {}
+    cfg = apply_overrides(TINY_UNET, {"train.steps": 4, "train.log_every_steps": 2,
+                                      "optim.grad_clip_norm": clip_norm})
+    trainer = Trainer(experiment_from_dict(cfg), tmp_path, progress=False, evaluate_fn=no_eval, tracker=rec)
+    step_fn = trainer.train_step
+
+    def recording_step():
+        m = step_fn()
+        steps[trainer.step] = m["train/grad_norm"]
+        return m
+
+    trainer.train_step = recording_step  # type: ignore[method-assign]
+    trainer.fit()
+    windows = [m for _, m in rec.rows if "train/clip_fraction" in m]
+    assert len(windows) == 2
+    for i, m in enumerate(windows):
+        norms = [steps[2 * i + 1], steps[2 * i + 2]]
+        expected = sum(n > clip_norm for n in norms) / 2
+        assert m["train/clip_fraction"] == expected
+        assert "train/clipped" not in m
+    assert windows[0]["train/clip_fraction"] == (1.0 if clip_norm < 1 else 0.0)

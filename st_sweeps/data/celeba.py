@@ -55,19 +55,43 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     return (height - size) // 2, (width - size) // 2
 
 
+PARTITION_FORMAT = "text lines '<image file name> <partition 0, 1 or 2>', e.g. '000001.jpg 0'"
+
+
+class UnreadableImageError(ValueError):
+    """An image file that PIL cannot decode (truncated, or not an image)."""
+
+    def __init__(self, path: Path, detail: str):
+        self.path = path
+        super().__init__(f"{path} is not a readable image ({detail}); expected a JPEG or PNG file")
+
+
 def read_partition(path: Path) -> dict[str, int]:
-    """``list_eval_partition.txt`` lines ``000001.jpg 0`` -> {file name: partition}."""
+    """``list_eval_partition.txt`` lines ``000001.jpg 0`` -> {file name: partition}; ValueError
+    naming the file, the line and the format for anything else."""
     out: dict[str, int] = {}
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file ({e}); expected {PARTITION_FORMAT}") from None
+    for i, line in enumerate(text.splitlines(), 1):
         parts = line.split()
-        if len(parts) == 2:
-            out[parts[0]] = int(parts[1])
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise ValueError(f"{path}, line {i}: {line[:80]!r} is not {PARTITION_FORMAT}")
+        out[parts[0]] = int(parts[1])
     return out
 
 
 def _decode_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError, "image file is truncated", ...
+        raise UnreadableImageError(path, f"{type(e).__name__}: {e}") from None
 
 
 def _decode_square(path: Path, crop: int | None) -> np.ndarray:
@@ -127,7 +151,11 @@ class CelebA(Dataset):
         hint = "CelebA is not downloadable automatically (Google Drive): see the prepare command's message."
         require_files("celeba", root, [folder, partition], hint)
         wanted = CELEBA_PARTITIONS[split]
-        names = sorted(n for n, p in read_partition(partition).items() if p == wanted)
+        try:
+            listed = read_partition(partition)
+        except ValueError as e:
+            raise MissingDataError("celeba", root, [partition], f"{e}. {hint}") from None
+        names = sorted(n for n, p in listed.items() if p == wanted)
         if not names:
             raise MissingDataError("celeba", root, [partition], f"{partition} lists no images of partition {wanted}")
         cache = root / CELEBA_FOLDER / CACHE_FOLDER / f"celeba_crop{CELEBA_CROP}_{self.image_size}_{split}.npy"
@@ -138,7 +166,11 @@ class CelebA(Dataset):
             if missing:
                 raise MissingDataError("celeba", root, missing[:10], f"{len(missing)} of {len(paths)} "
                                        f"{split} images listed in {partition} are missing. {hint}")
-            return decode_and_resize(paths, CELEBA_CROP, self.image_size, "CelebA")
+            try:
+                return decode_and_resize(paths, CELEBA_CROP, self.image_size, "CelebA")
+            except UnreadableImageError as e:
+                raise MissingDataError("celeba", root, [e.path], f"{e}: replace it with the file from "
+                                       f"img_align_celeba.zip. {hint}") from None
 
         return ImageData(cached_uint8(cache, len(names), build), discrete=True, name="celeba")
 
@@ -186,6 +218,11 @@ class CelebAHQ(Dataset):
                               f"{len(all_paths)} images empty", "a fraction in (0, 1) for a test split")
         tag = f"{self.image_size}_{split}_test{self.test_fraction:g}"
         cache = folder / CACHE_FOLDER / f"celebahq_{tag}.npy"
-        images = cached_uint8(cache, len(paths),
-                              lambda: decode_and_resize(paths, None, self.image_size, "CelebA-HQ"))
-        return ImageData(images, discrete=True, name="celebahq")
+
+        def build() -> Tensor:
+            try:
+                return decode_and_resize(paths, None, self.image_size, "CelebA-HQ")
+            except UnreadableImageError as e:
+                raise MissingDataError("celebahq", root, [e.path], f"{e}: replace or remove it") from None
+
+        return ImageData(cached_uint8(cache, len(paths), build), discrete=True, name="celebahq")

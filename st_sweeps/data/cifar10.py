@@ -16,13 +16,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from st_sweeps.data.base import (Dataset, ImageData, Split, check_split, require_files, resolve_data_root,
-                                 validate_image_size)
+from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, Split, check_split, require_files,
+                                 resolve_data_root, validate_image_size)
 from st_sweeps.data.transforms import resize_images
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
+
+
+FORMAT = ("a batch of the official python release (cifar-10-python.tar.gz): a pickled dict whose b'data' "
+          "is uint8 [N, 3072]")
+# what unpickling a damaged or foreign file raises, besides UnpicklingError
+_UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                      AttributeError, ImportError, OverflowError)
 
 
 def read_batch(path: Path) -> dict[Any, Any]:
@@ -33,8 +40,23 @@ def read_batch(path: Path) -> dict[Any, Any]:
 
 def batch_images(batch: dict[Any, Any]) -> Tensor:
     """``b"data"`` uint8 [N, 3072] -> uint8 [N, 3, 32, 32]."""
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    if not isinstance(batch, dict) or b"data" not in batch:
+        raise ValueError(f"holds a {type(batch).__name__} without b'data'")
+    data = np.asarray(batch[b"data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"b'data' is {data.dtype} {list(data.shape)}, not uint8 [N, 3072]")
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+
+
+def load_batch_images(root: Path, path: Path) -> Tensor:
+    """``batch_images(read_batch(path))``; a damaged or foreign file is a MissingDataError naming
+    it and the expected format."""
+    try:
+        return batch_images(read_batch(path))
+    except _UNPICKLING_ERRORS as e:
+        raise MissingDataError("cifar10", root, [path], f"{path} is unreadable ({type(e).__name__}: {e}); expected "
+                               f"{FORMAT}. Delete {root / FOLDER} and run the prepare command above to download "
+                               "it again.") from None
 
 
 @Dataset.registry.register("cifar10")
@@ -62,5 +84,5 @@ class CIFAR10(Dataset):
         names = TRAIN_FILES if split == "train" else TEST_FILES
         paths = [root / FOLDER / n for n in names]
         require_files("cifar10", root, paths)
-        images = torch.cat([batch_images(read_batch(p)) for p in paths])
+        images = torch.cat([load_batch_images(root, p) for p in paths])
         return ImageData(resize_images(images, self.image_size), discrete=True, name="cifar10")

@@ -1,9 +1,12 @@
 """Check, and where possible fetch, the real data sets: ``python -m st_sweeps.data.prepare NAME``.
 
 ``prepare NAME [--data-root DIR]`` counts the expected files under the data root and prints OK, or
-(for CIFAR-10 and STL-10, which have official archives) downloads the archive with a short network
-timeout, checks its MD5 and extracts it. Where it cannot (no network; CelebA and CelebA-HQ, which
-have no direct download), it exits with status 1 and says exactly which files to put where.
+(for CIFAR-10, STL-10 and ImageNet32, which have official archives) downloads the archives with a
+short network timeout, checks their MD5 where one is published and extracts them. Where it cannot
+(no network; a login page instead of the archive; CelebA and CelebA-HQ, which have no direct
+download), it exits with status 1 and says exactly which files to put where.
+``--source`` picks the release of a data set that has more than one: ``imagenet32 --source
+oord_small_png`` checks the older "small" ImageNet 32×32 PNG folders, which nothing can download.
 Exit status: 0 ready, 1 missing or wrong files.
 """
 
@@ -15,12 +18,14 @@ import os
 import sys
 import tarfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
-from st_sweeps.data import celeba, cifar10, stl10
+from st_sweeps.data import celeba, cifar10, imagenet32, stl10
 from st_sweeps.data.base import DATA_ROOT_ENV, Dataset, resolve_data_root
+from st_sweeps.errors import ConfigError, require
 
 DEFAULT_TIMEOUT_S = 5.0
 # The opener used for downloads; tests replace it so they never touch the network.
@@ -36,14 +41,21 @@ class ExpectedFile:
     counter: Callable[[Path], int]  # items found at the path
     unit: str = "images"
     size_bytes: int | None = None  # exact size, where it is fixed
+    alternatives: tuple[str, ...] = ()  # other accepted places, relative to the data root
+
+    def locate(self, root: Path) -> Path:
+        """The first of ``path`` and ``alternatives`` that exists under ``root``, else ``path``."""
+        paths = [root / p for p in (self.path, *self.alternatives)]
+        return next((p for p in paths if p.exists()), paths[0])
 
 
 @dataclass(frozen=True)
 class Archive:
     url: str
-    filename: str
+    filename: str  # .zip archives are unzipped, anything else is read as a tar
     md5: str | None  # as published for the archive (None: not published)
     size_bytes: int | None = None
+    folder: str = ""  # where its contents belong, relative to the data root ("": the root)
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,10 @@ def count_jpgs(folder: Path) -> int:
 
 def count_images(folder: Path) -> int:
     return len(celeba.list_images(folder))
+
+
+def count_npz_batch(path: Path) -> int:
+    return imagenet32.image_count(path)
 
 
 # --- the official sources ----------------------------------------------------------------------
@@ -129,7 +145,53 @@ def _celebahq() -> Source:
         "are the test split.")
 
 
-SOURCES: dict[str, Source] = {s.name: s for s in (_cifar10(), _stl10(), _celeba(), _celebahq())}
+IMAGENET32_URL = "https://image-net.org/data/downsample"
+
+
+def _imagenet32() -> Source:
+    names = [*imagenet32.TRAIN_FILES, *imagenet32.TEST_FILES]
+    counts = [*imagenet32.TRAIN_COUNTS, imagenet32.TEST_COUNT]
+    files = []
+    for name, n in zip(names, counts):
+        path, *alternatives = imagenet32.candidates(name)
+        files.append(ExpectedFile(path, n, count_npz_batch, alternatives=tuple(alternatives)))
+    # No checksums are published for these archives.
+    archives = tuple(Archive(f"{IMAGENET32_URL}/{sub}.zip", f"{sub}.zip", None, folder=f"{imagenet32.FOLDER}/{sub}")
+                     for sub in (imagenet32.TRAIN_FOLDER, imagenet32.VAL_FOLDER))
+    return Source(
+        "imagenet32", tuple(files), archives,
+        "ImageNet32 (Chrabaszcz et al. 2017) is distributed by image-net.org: from "
+        "https://image-net.org/download-images (sign in if asked) download 'Downsampled ImageNet 32x32', npz format "
+        f"({IMAGENET32_URL}/Imagenet32_train_npz.zip and Imagenet32_val_npz.zip, about 3.5 GB together; "
+        "not the pickled Imagenet32_train.zip) and unzip both in {root}/imagenet32, giving "
+        "{root}/imagenet32/Imagenet32_train_npz/train_data_batch_1.npz … train_data_batch_10.npz "
+        "(1,281,167 images) and {root}/imagenet32/Imagenet32_val_npz/val_data.npz (50,000 images); "
+        "the .npz files may also lie directly in {root}/imagenet32.")
+
+
+def _imagenet32_small() -> Source:
+    files = tuple(ExpectedFile(f"{imagenet32.SMALL_FOLDER}/{imagenet32.SMALL_SPLIT_FOLDERS[split]}",
+                               imagenet32.SMALL_COUNTS[split], imagenet32.count_pngs) for split in ("train", "test"))
+    return Source(
+        "imagenet32", files, (),
+        "The 'small' ImageNet 32×32 of van den Oord et al. 2016 (Pixel RNN; tfds downsampled_imagenet/32x32), "
+        "the set of the Soft Truncation and VDM ImageNet32 numbers, is no longer officially downloadable: "
+        "image-net.org/small/ (train_32x32.tar, valid_32x32.tar) is gone. The Soft Truncation author, "
+        "Dongjun Kim, points to a copy on Academic Torrents, "
+        "https://academictorrents.com/details/bf62f5051ef878b9c357e6221e879629a9b4b172 (relayed in "
+        "https://github.com/tensorflow/datasets/issues/4662). Extract train_32x32.tar and valid_32x32.tar in "
+        "{root}/imagenet32/small, giving {root}/imagenet32/small/train_32x32/*.png (1,281,149 training "
+        "images) and {root}/imagenet32/small/valid_32x32/*.png (49,999 validation images, the test split), "
+        "each a 32×32 RGB PNG. The npz release image-net.org still serves is resized differently (bits/dim "
+        "not comparable); `python -m st_sweeps.data.prepare imagenet32` fetches that one.")
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (_cifar10(), _stl10(), _celeba(), _celebahq(), _imagenet32())}
+# Data sets with more than one release, picked by --source. The first is the default, the one in SOURCES
+# (looked up when called, so replacing a SOURCES entry replaces it here too).
+VARIANTS: dict[str, dict[str, Callable[[], Source]]] = {
+    "imagenet32": {"chrabaszcz_npz": lambda: SOURCES["imagenet32"], "oord_small_png": _imagenet32_small},
+}
 
 
 # --- checking and fetching ---------------------------------------------------------------------
@@ -139,7 +201,7 @@ def check(source: Source, root: Path) -> tuple[list[str], list[str]]:
     ok: list[str] = []
     problems: list[str] = []
     for f in source.files:
-        path = root / f.path
+        path = f.locate(root)
         if not path.exists():
             problems.append(f"missing  {path}")
             continue
@@ -159,7 +221,7 @@ def check(source: Source, root: Path) -> tuple[list[str], list[str]]:
 
 
 def all_missing(source: Source, root: Path) -> bool:
-    return not any((root / f.path).exists() for f in source.files)
+    return not any(f.locate(root).exists() for f in source.files)
 
 
 def _md5(path: Path) -> str:
@@ -170,18 +232,41 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _refuse_web_page(archive: Archive, resp: object) -> None:
+    """A site that wants a login answers with an HTML page: stop before downloading it."""
+    headers = getattr(resp, "headers", None)
+    content_type = headers.get("Content-Type", "") if headers is not None else ""
+    if "text/html" in content_type:
+        raise ValueError(f"{archive.url}: the server sent a web page, not the archive (a login may be required)")
+
+
+def _extract(part: Path, archive: Archive, root: Path) -> None:
+    dest = root / archive.folder
+    if not archive.filename.endswith(".zip"):
+        with tarfile.open(part) as tar:
+            tar.extractall(dest, filter="data")
+        return
+    if not zipfile.is_zipfile(part):
+        raise ValueError(f"{archive.url}: the download is not a zip archive (a login or error page?)")
+    with zipfile.ZipFile(part) as zf:
+        # Some archives hold their folder, others only its files: the files end up in dest either way.
+        top = Path(archive.folder).name + "/"
+        holds_folder = archive.folder != "" and all(n.startswith(top) for n in zf.namelist())
+        zf.extractall(dest.parent if holds_folder else dest)  # extractall drops absolute and ".." parts
+
+
 def fetch(archive: Archive, root: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Download ``archive`` into ``root`` (via a .part file), check its MD5, extract it, remove it."""
     root.mkdir(parents=True, exist_ok=True)
     part = root / (archive.filename + ".part")
     try:
         with urlopen(archive.url, timeout=timeout_s) as resp, open(part, "wb") as out:  # type: ignore[attr-defined]
+            _refuse_web_page(archive, resp)
             for block in iter(lambda: resp.read(1 << 20), b""):
                 out.write(block)
         if archive.md5 is not None and (got := _md5(part)) != archive.md5:
             raise ValueError(f"{archive.url}: MD5 {got}, expected {archive.md5}")
-        with tarfile.open(part) as tar:
-            tar.extractall(root, filter="data")
+        _extract(part, archive, root)
     finally:
         part.unlink(missing_ok=True)
 
@@ -190,22 +275,33 @@ def _instructions(source: Source, root: Path) -> str:
     return source.manual.format(root=root)
 
 
+def select(name: str, release: str | None) -> Source | None:
+    """The Source of data set ``name`` (``release`` picks one of its VARIANTS); None if it needs no files."""
+    if release is not None:
+        require(name in VARIANTS, "--source", f"{name} has a single release",
+                f"--source only for {', '.join(VARIANTS)}")
+        require(release in VARIANTS[name], "--source", f"{name} has no release {release!r}", list(VARIANTS[name]))
+        return VARIANTS[name][release]()
+    return SOURCES.get(name)
+
+
 def prepare(name: str, root: Path, *, download: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S,
-            out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Check (and maybe fetch) data set ``name`` under ``root``; 0 when ready, 1 otherwise."""
+            out: TextIO | None = None, err: TextIO | None = None, release: str | None = None) -> int:
+    """Check (and maybe fetch) data set ``name`` under ``root``; 0 when ready, 1 otherwise. ``release``
+    (the CLI's ``--source``, the data set's ``source`` field) picks one of several releases."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    if name not in SOURCES:
+    source = select(name, release)
+    if source is None:
         print(f"{name}: nothing to prepare (bundled with scikit-learn or generated on the fly)", file=out)
         return 0
-    source = SOURCES[name]
     ok, problems = check(source, root)
     if problems and download and source.archives and all_missing(source, root):
         for archive in source.archives:
             print(f"{name}: downloading {archive.url} (timeout {timeout_s:g} s) …", file=out)
             try:
                 fetch(archive, root, timeout_s)
-            except (OSError, ValueError, tarfile.TarError) as e:  # URLError and timeouts are OSErrors
+            except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile) as e:  # URLError, timeouts: OSError
                 print(f"{name}: download failed: {type(e).__name__}: {e}", file=err)
                 break
         else:
@@ -217,8 +313,9 @@ def prepare(name: str, root: Path, *, download: bool = True, timeout_s: float = 
         return 0
     for line in problems:
         print(line, file=err)
+    command = name if release is None else f"{name} --source {release}"
     print(f"{name}: not ready under {root}.\n{_instructions(source, root)}\n"
-          f"Then run again: python -m st_sweeps.data.prepare {name} --data-root {root}", file=err)
+          f"Then run again: python -m st_sweeps.data.prepare {command} --data-root {root}", file=err)
     return 1
 
 
@@ -229,9 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"data root (default: ${DATA_ROOT_ENV}, else ~/.cache/st_sweeps/data)")
     parser.add_argument("--no-download", action="store_true", help="only check; never touch the network")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="network timeout in seconds")
+    releases = "; ".join(f"{n}: {' or '.join(v)}, default {next(iter(v))}" for n, v in VARIANTS.items())
+    parser.add_argument("--source", default=None, help=f"release, for data sets with more than one ({releases})")
     args = parser.parse_args(argv)
+    try:
+        select(args.name, args.source)
+    except ConfigError as e:
+        parser.error(str(e))
     return prepare(args.name, resolve_data_root(args.data_root), download=not args.no_download,
-                   timeout_s=args.timeout)
+                   timeout_s=args.timeout, release=args.source)
 
 
 if __name__ == "__main__":

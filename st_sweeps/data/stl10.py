@@ -29,11 +29,18 @@ CACHE_FOLDER = "st_sweeps_cache"
 _CHUNK = 2048  # images converted per step (about 57 MB of raw bytes)
 
 
+FORMAT = (f"raw uint8 3×96×96 images of the official binary release (stl10_binary.tar.gz), {BYTES_PER_IMAGE:,} "
+          "bytes each, no header")
+
+
 def image_count(path: Path) -> int:
     """Number of images in an STL-10 ``*_X.bin`` file (its size must be a multiple of 27,648 bytes)."""
     size = path.stat().st_size
     if size % BYTES_PER_IMAGE:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of 3×96×96 images ({BYTES_PER_IMAGE} bytes each)")
+        raise ValueError(f"{path}: {size:,} bytes is not a whole number of 3×96×96 images ({BYTES_PER_IMAGE:,} "
+                         f"bytes each): truncated, or not an STL-10 binary")
+    if size == 0:
+        raise ValueError(f"{path}: empty (0 bytes)")
     return size // BYTES_PER_IMAGE
 
 
@@ -88,10 +95,13 @@ class STL10(Dataset):
         root = resolve_data_root(root)
         paths = [root / FOLDER / name for name in self.files(split)]
         require_files("stl10", root, paths)
-        try:
-            total = sum(image_count(p) for p in paths)
-        except ValueError as e:
-            raise MissingDataError("stl10", root, paths, f"a file is truncated or not an STL-10 binary: {e}") from None
+        total = 0
+        for path in paths:
+            try:
+                total += image_count(path)
+            except ValueError as e:
+                raise MissingDataError("stl10", root, [path], f"{e}; expected {FORMAT}. Delete {root / FOLDER} and "
+                                       "run the prepare command above to download it again.") from None
         if self.image_size == NATIVE_SIZE:
             images = torch.cat([read_images(p) for p in paths])
         else:
