@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "sweep_overhead": ["-m", "benchmarks.sweep_overhead"],
     "search_efficiency": ["-m", "benchmarks.search_efficiency"],
     "memory": ["-m", "benchmarks.memory"],
+    "digits_fd": ["-m", "benchmarks.digits_fd"],
 }
 LIKELIHOOD_SMOKE = ["--images", "2", "--batch", "2", "--size", "4", "--width", "4", "--repeats", "1", "--tol", "1e-3"]
 

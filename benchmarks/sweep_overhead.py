@@ -1,15 +1,20 @@
 """Sweep overhead: an N-trial sweep through ``python -m st_sweeps.tune`` against the same N trials
 trained directly with ``Trainer.fit`` in this process, one after another.
 
-The sweep is the project's main one (``search_spaces/prior.yaml``: τ prior and ε on the tiny
-DDPM++ over the embedded digits), with the random searcher and no early stopping so that every
-trial runs all its steps, one trial at a time. Its trials' sampled parameters are read back from
+The sweep is the project's main one (``search_spaces/prior.yaml``: τ prior and ε on the
+16-channel DDPM++ over the embedded digits, without its baseline), with the random searcher and no
+early stopping so that every trial runs all its steps, one trial at a time. Its trials' sampled parameters are read back from
 Tune's ``result.json`` files and the very same experiment configs are then trained directly (one
 torch thread, as each trial has), evaluation included. What the sweep adds: the CLI process and its
 imports, Ray's start and stop, one trial process per trial, Optuna, the MLflow parent and child
 runs, Tune checkpoints, the final report.
 
-    python -m benchmarks.sweep_overhead --quick
+The two figures it derives, a fixed cost (outside the trials) and a cost per trial (inside the
+trial functions beyond the direct training), also give the machinery's share of the main job:
+(fixed + trials × per trial / concurrency) / the main job's wall time, for ``prior.yaml`` as
+shipped; pass that wall time (``make sweep``, measured on the same machine) as ``--main-wall``.
+
+    python -m benchmarks.sweep_overhead --quick [--main-wall SECONDS]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ SIZES: dict[str, dict[str, Any]] = {
 def sweep_mapping(mode: str, concurrent: int) -> dict[str, Any]:
     size = SIZES[mode]
     sweep = copy.deepcopy(base_sweep())
+    sweep.pop("baseline", None)  # its seeds are not sampled params: the direct runs could not repeat them
     sweep["base"]["train"].update(size["train"])
     sweep["base"]["eval"].update(size["eval"])
     sweep.update({"trials": size["trials"], "max_concurrent": concurrent,
@@ -62,6 +68,18 @@ def direct_runs(sweep: dict[str, Any], run: SweepRun, work: Path) -> list[float]
         shutil.rmtree(run_dir, ignore_errors=True)
         seconds.append(sw.elapsed.wall)
     return seconds
+
+
+def main_job_note(fixed: float, per_trial: float, main_wall: float | None) -> str:
+    """The machinery's cost for prior.yaml as shipped, and its share of the main job's wall time."""
+    shipped = base_sweep()
+    trials, concurrent = shipped["trials"], shipped.get("max_concurrent") or 1
+    cost = fixed + trials * max(per_trial, 0.0) / concurrent
+    text = (f"- The main job (`search_spaces/prior.yaml` as shipped: {trials} trials, {concurrent} at a time) pays "
+            f"the machinery about {fmt(fixed)} + {trials} × {fmt(max(per_trial, 0.0))} / {concurrent} = {fmt(cost)} s")
+    if main_wall:
+        return text + f": {cost / main_wall:.1%} of its {fmt(main_wall)} s wall time (`--main-wall`)."
+    return text + " (pass `--main-wall` with its measured wall time for the share)."
 
 
 def run(args: argparse.Namespace) -> Section:
@@ -88,10 +106,12 @@ def run(args: argparse.Namespace) -> Section:
             rows.append([f"… of which inside the trial functions (Tune's time_total_s, summed)", n, fmt(inside),
                          fmt(inside / n), f"{inside / direct_sum:.2f}×"])
             if concurrent == 1:
+                fixed, per_trial = result.wall - inside, (inside - direct_sum) / n
                 notes.append(f"- Outside the trials (CLI start and imports, Ray start/stop, trial process starts, "
-                             f"report): {fmt(result.wall - inside)} s in all; inside them, beyond the direct "
+                             f"report): {fmt(fixed)} s in all; inside them, beyond the direct "
                              f"training (MLflow child run, Tune checkpoints and reports): "
-                             f"{fmt((inside - direct_sum) / n)} s per trial.")
+                             f"{fmt(per_trial)} s per trial.")
+                notes.append(main_job_note(fixed, per_trial, getattr(args, "main_wall", None)))
     steps = sweep["base"]["train"]["steps"]
     notes.append(f"- Trials: `search_spaces/prior.yaml`'s base and space, random searcher (seed 0), no scheduler, "
                  f"{steps} steps each with evaluations every {sweep['base']['train']['eval_every_steps'] or steps} "
@@ -102,7 +122,8 @@ def run(args: argparse.Namespace) -> Section:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, lambda p: p.add_argument(
+        "--main-wall", type=float, help="the main job's wall time in seconds (make sweep), for its overhead share"))
     emit(run(args), args.append)
     return 0
 

@@ -7,6 +7,19 @@ Ranking: completed trials first, then trials ASHA stopped early (their values co
 steps, so they are not comparable with completed ones), then failed ones. Within a group, one
 objective sorts by its value; several sort by Pareto rank (non-dominated sorting: front 1, the
 front of the rest, ...) and then by the first objective.
+
+Noise. Each value carries the standard error its own evaluation computed from its own data
+(``<metric>_stderr``: for the NLL, the std of the per-example values over √n; for a Fréchet
+distance, the std over bootstrap resamples of the trial's samples). A sweep with a baseline run on
+several training seeds also measures the seed-to-seed spread of one configuration (the sample std
+of the baseline's values): training noise that no single trial's evaluation can see. A difference
+between two trials is then uncertain by
+
+    sd(a − b) = sqrt(se_a² + se_b² + s_a² + s_b²),   s = seed spread (s/√R for a mean of R seeds),
+
+and is "within noise" when |a − b| < 2 sd. The standard errors treat the trials' test examples as
+independent although every trial uses the same ones, and the seed spread counts evaluation noise
+once more: both err towards "within noise".
 """
 
 from __future__ import annotations
@@ -19,6 +32,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 STATUS_ORDER = {"completed": 0, "pruned": 1, "error": 2}
+STDERR_SUFFIX = "_stderr"
+NOISE_Z = 2.0  # a difference below this many of its standard deviations is "within noise"
+
+
+def stderr_key(metric: str) -> str:
+    """The metric holding ``metric``'s standard error, computed by the trial's own evaluation."""
+    return metric + STDERR_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,13 @@ class TrialRow:
     rank: int | None = None
     pareto_rank: int | None = None  # 1 = on the front (several objectives, completed trials)
     extra: dict[str, Any] = field(default_factory=dict)
+    stderrs: dict[str, float] = field(default_factory=dict)  # objective metric -> its evaluation's own SE
+    baseline_seed: int | None = None  # the training seed, for a replicate of the sweep's baseline
+    within_noise: dict[str, bool] = field(default_factory=dict)  # objective -> within noise of its best
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.baseline_seed is not None
 
 
 def _values(row: TrialRow, objectives: Sequence[Objective]) -> list[float]:
@@ -101,6 +128,190 @@ def best_trial(ranked: Sequence[TrialRow], objectives: Sequence[Objective]) -> T
     return None
 
 
+# ------------------------------------------------------------------------------------ noise
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _sample_std(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The sweep's baseline on one objective: its completed replicates (one per training seed)."""
+
+    metric: str
+    rows: tuple[TrialRow, ...]
+
+    @property
+    def values(self) -> list[float]:
+        return [r.values[self.metric] for r in self.rows]
+
+    @property
+    def mean(self) -> float:
+        v = self.values
+        return sum(v) / len(v) if v else math.nan
+
+    @property
+    def stderr(self) -> float:
+        """The evaluation SE of the mean over replicates: sqrt(Σ se²) / R (NaN if one is missing)."""
+        ses = [r.stderrs.get(self.metric, math.nan) for r in self.rows]
+        return math.sqrt(sum(se * se for se in ses)) / len(ses) if ses else math.nan
+
+    @property
+    def seed_spread(self) -> float:
+        """Sample std of the replicates' values: the seed-to-seed spread of one configuration
+        (NaN with fewer than two replicates)."""
+        return _sample_std(self.values)
+
+
+def baselines(ranked: Sequence[TrialRow], objectives: Sequence[Objective]) -> dict[str, Baseline]:
+    """The completed baseline replicates, per objective (empty when the sweep has none)."""
+    rows = sorted((r for r in ranked if r.is_baseline and r.status == "completed"),
+                  key=lambda r: r.baseline_seed or 0)
+    out = {}
+    for o in objectives:
+        done = tuple(r for r in rows if _finite(r.values.get(o.metric)))
+        if done:
+            out[o.metric] = Baseline(o.metric, done)
+    return out
+
+
+def _spread(base: Baseline | None) -> float:
+    """The seed spread to charge each single trial: the baseline's, or 0 when not measured."""
+    s = base.seed_spread if base is not None else math.nan
+    return s if _finite(s) else 0.0
+
+
+@dataclass(frozen=True)
+class Difference:
+    """a − b on one objective, with the parts of its uncertainty (``sd`` combines them)."""
+
+    metric: str
+    value: float
+    stderr_a: float  # evaluation SE of a
+    stderr_b: float  # evaluation SE of b
+    seed_spread: float  # the seed spread of one configuration (0: not measured)
+    seed_weight: float = 2.0  # how many single-seed values the difference holds (1 + 1/R for a mean)
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.stderr_a ** 2 + self.stderr_b ** 2 + self.seed_weight * self.seed_spread ** 2)
+
+    @property
+    def z(self) -> float:
+        return self.value / self.sd if self.sd > 0 else math.nan
+
+    @property
+    def within_noise(self) -> bool | None:
+        """|a − b| < NOISE_Z · sd; None when a standard error is missing."""
+        if not (_finite(self.sd) and _finite(self.value)):
+            return None
+        return abs(self.value) < NOISE_Z * self.sd
+
+
+def difference(a: TrialRow, b: TrialRow, metric: str, seed_spread: float = 0.0) -> Difference:
+    """a − b for two single trials."""
+    return Difference(metric, a.values.get(metric, math.nan) - b.values.get(metric, math.nan),
+                      a.stderrs.get(metric, math.nan), b.stderrs.get(metric, math.nan), seed_spread)
+
+
+def versus_baseline(row: TrialRow, base: Baseline) -> Difference:
+    """row − the baseline's mean over its R replicates."""
+    r = len(base.rows)
+    return Difference(base.metric, row.values.get(base.metric, math.nan) - base.mean,
+                      row.stderrs.get(base.metric, math.nan), base.stderr, _spread(base), 1.0 + 1.0 / r)
+
+
+def best_on(ranked: Sequence[TrialRow], objective: Objective, baseline: bool = False) -> TrialRow | None:
+    """The completed trial best on one objective (baseline replicates only if ``baseline``)."""
+    done = [r for r in ranked if r.status == "completed" and _finite(r.values.get(objective.metric))
+            and (baseline or not r.is_baseline)]
+    return min(done, key=lambda r: objective.key(r.values[objective.metric]), default=None)
+
+
+def mark_within_noise(ranked: Sequence[TrialRow], objectives: Sequence[Objective]) -> list[TrialRow]:
+    """Each completed trial's ``within_noise[metric]``: whether it is within noise of the best
+    completed trial on that objective (the best itself included); absent when unknown."""
+    bases = baselines(ranked, objectives)
+    marks: dict[str, dict[str, bool]] = {r.trial_id: {} for r in ranked}
+    for o in objectives:
+        best = best_on(ranked, o, baseline=True)
+        if best is None:
+            continue
+        spread = _spread(bases.get(o.metric))
+        for r in ranked:
+            if r.status != "completed" or not _finite(r.values.get(o.metric)):
+                continue
+            verdict = True if r is best else difference(r, best, o.metric, spread).within_noise
+            if verdict is not None:
+                marks[r.trial_id][o.metric] = verdict
+    return [replace(r, within_noise=marks[r.trial_id]) for r in ranked]
+
+
+def noise_lines(ranked: Sequence[TrialRow], objectives: Sequence[Objective], units: dict[str, str] | None = None
+                ) -> list[str]:
+    """What the ± and ≈ of the table mean, the seed spread, and best − baseline per objective."""
+    units = units or {}
+    bases = baselines(ranked, objectives)
+    out = [f"±: standard error of each trial's own evaluation ({', '.join(stderr_key(o.metric) for o in objectives)}); "
+           f"≈: within noise of the best completed trial on that objective (difference < {NOISE_Z:g} sd)."]
+    for o in objectives:
+        base = bases.get(o.metric)
+        u = f" {units[o.metric]}" if o.metric in units else ""
+        if base is None:
+            out.append(f"{o.metric}: no completed baseline trial, so no comparison and no seed spread")
+            continue
+        seeds = ", ".join(str(r.baseline_seed) for r in base.rows)
+        spread = base.seed_spread
+        if _finite(spread):
+            out.append(f"{o.metric}: seed-to-seed spread of the baseline (sample std over seeds {seeds}): "
+                       f"{spread:.3g}{u}; the evaluation SEs are {_fmt_list(base.rows, o.metric)}")
+        else:
+            out.append(f"{o.metric}: seed spread not measured (baseline on seed {seeds} only): the ± below "
+                       "covers evaluation noise only, not training noise")
+        best = best_on(ranked, o)
+        if best is None:
+            out.append(f"{o.metric}: no completed trial besides the baseline")
+            continue
+        d = versus_baseline(best, base)
+        verdict = {True: "within noise", False: "beyond noise", None: "noise unknown"}[d.within_noise]
+        sign = "better" if o.key(d.value) < 0 else "worse"
+        decimals = _decimals(d.sd)
+        out.append(f"{o.metric} ({o.mode}): best − baseline = {_fmt_pm(d.value, d.sd, sign=True)}{u} "
+                   f"(trial {best.trial_id} − mean of {len(base.rows)} baseline seed(s) = "
+                   f"{best.values[o.metric]:.{decimals}f} − {base.mean:.{decimals}f}; |z| = {abs(d.z):.1f}: "
+                   f"{sign}, {verdict})")
+    return out
+
+
+def _fmt_list(rows: Sequence[TrialRow], metric: str) -> str:
+    return ", ".join(f"{r.stderrs[metric]:.2g}" if _finite(r.stderrs.get(metric)) else "-" for r in rows)
+
+
+def comparison_metrics(ranked: Sequence[TrialRow], objectives: Sequence[Objective]) -> dict[str, float]:
+    """The noise figures as flat metrics for the parent MLflow run."""
+    out: dict[str, float] = {}
+    bases = baselines(ranked, objectives)
+    for o in objectives:
+        base = bases.get(o.metric)
+        if base is None:
+            continue
+        out[f"baseline/{o.metric}"] = base.mean
+        if _finite(base.seed_spread):
+            out[f"seed_spread/{o.metric}"] = base.seed_spread
+        best = best_on(ranked, o)
+        if best is not None:
+            d = versus_baseline(best, base)
+            out[f"best_minus_baseline/{o.metric}"] = d.value
+            out[f"best_minus_baseline_sd/{o.metric}"] = d.sd
+    return out
+
+
 # ------------------------------------------------------------------------------------ tables
 def _fmt(value: Any) -> str:
     if value is None:
@@ -114,6 +325,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _decimals(stderr: float) -> int:
+    """Decimals that show a standard error to its second significant digit."""
+    return max(0, 1 - math.floor(math.log10(stderr))) if _finite(stderr) and stderr > 0 else 3
+
+
+def _fmt_pm(value: float | None, stderr: float | None, sign: bool = False) -> str:
+    """``4.873 ± 0.023``: the value to the standard error's second significant digit."""
+    if value is None or not math.isfinite(value):
+        return _fmt(value)
+    if stderr is None or not math.isfinite(stderr) or stderr <= 0:
+        return _fmt(value)
+    decimals = _decimals(stderr)
+    return f"{value:{'+' if sign else ''}.{decimals}f} ± {stderr:.{decimals}f}"
+
+
+def _cell(row: TrialRow, o: Objective) -> str:
+    text = _fmt_pm(row.values.get(o.metric), row.stderrs.get(o.metric))
+    return text + (" ≈" if row.within_noise.get(o.metric) else "")
+
+
 def table_rows(ranked: Sequence[TrialRow], objectives: Sequence[Objective], keys: Sequence[str]
                ) -> tuple[list[str], list[list[str]]]:
     multi = len(objectives) > 1
@@ -121,10 +352,11 @@ def table_rows(ranked: Sequence[TrialRow], objectives: Sequence[Objective], keys
         [f"{o.metric} ({o.mode})" for o in objectives] + list(keys)
     body = []
     for r in ranked:
-        cells = [str(r.rank), r.trial_id, r.status, _fmt(r.step)]
+        trial = r.trial_id + (f" (baseline, seed {r.baseline_seed})" if r.is_baseline else "")
+        cells = [str(r.rank), trial, r.status, _fmt(r.step)]
         if multi:
             cells.append("*" if r.pareto_rank == 1 else "")
-        cells += [_fmt(r.values.get(o.metric)) for o in objectives]
+        cells += [_cell(r, o) for o in objectives]
         cells += [_fmt(r.params.get(k)) for k in keys]
         body.append(cells)
     return header, body
@@ -151,20 +383,24 @@ def format_markdown(ranked: Sequence[TrialRow], objectives: Sequence[Objective],
 def to_csv(ranked: Sequence[TrialRow], objectives: Sequence[Objective], keys: Sequence[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "trial_id", "status", "step", "pareto_rank", *[o.metric for o in objectives], *keys,
-                "mlflow_run_id", "optuna_state", "error"])
+    w.writerow(["rank", "trial_id", "status", "step", "pareto_rank", *[o.metric for o in objectives],
+                *[stderr_key(o.metric) for o in objectives], *[f"{o.metric}_within_noise" for o in objectives],
+                *keys, "baseline_seed", "mlflow_run_id", "optuna_state", "error"])
     for r in ranked:
         w.writerow([r.rank, r.trial_id, r.status, r.step, r.pareto_rank if r.pareto_rank is not None else "",
-                    *[r.values.get(o.metric, "") for o in objectives], *[r.params.get(k, "") for k in keys],
-                    r.run_id or "", r.optuna_state or "", r.error or ""])
+                    *[r.values.get(o.metric, "") for o in objectives], *[r.stderrs.get(o.metric, "") for o in objectives],
+                    *[r.within_noise.get(o.metric, "") for o in objectives], *[r.params.get(k, "") for k in keys],
+                    "" if r.baseline_seed is None else r.baseline_seed, r.run_id or "", r.optuna_state or "",
+                    r.error or ""])
     return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------ plot
 def plot_pareto(ranked: Sequence[TrialRow], objectives: Sequence[Objective], path: str | Path,
                 title: str = "") -> Path:
-    """Scatter of the first two objectives: completed trials, the front joined as a staircase,
-    trials stopped early in grey (their values are from fewer steps)."""
+    """Scatter of the first two objectives with each trial's ± standard errors as bars: completed
+    trials, the front joined as a staircase, the baseline's replicates as squares, trials stopped
+    early in grey (their values are from fewer steps)."""
     from matplotlib.figure import Figure
 
     path = Path(path)
@@ -172,28 +408,39 @@ def plot_pareto(ranked: Sequence[TrialRow], objectives: Sequence[Objective], pat
     fig = Figure(figsize=(6, 4.5), dpi=110)
     ax = fig.add_subplot()
 
-    def xy(rows: Sequence[TrialRow]) -> tuple[list[float], list[float]]:
-        pts = [(r.values.get(a.metric, math.nan), r.values.get(b.metric, math.nan)) for r in rows]
-        pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
-        return [p[0] for p in pts], [p[1] for p in pts]
+    def points(rows: Sequence[TrialRow]) -> list[tuple[float, float, float, float]]:
+        pts = [(r.values.get(a.metric, math.nan), r.values.get(b.metric, math.nan),
+                r.stderrs.get(a.metric, 0.0), r.stderrs.get(b.metric, 0.0)) for r in rows]
+        return [(x, y, ex if _finite(ex) else 0.0, ey if _finite(ey) else 0.0) for x, y, ex, ey in pts
+                if math.isfinite(x) and math.isfinite(y)]
+
+    def bars(rows: Sequence[TrialRow], **style: Any) -> None:
+        pts = points(rows)
+        if pts:
+            x, y, ex, ey = (list(c) for c in zip(*pts))
+            ax.errorbar(x, y, xerr=ex, yerr=ey, linestyle="none", capsize=2, elinewidth=0.8, **style)
 
     pruned = [r for r in ranked if r.status == "pruned"]
-    done = [r for r in ranked if r.status == "completed" and r.pareto_rank != 1]
+    base = [r for r in ranked if r.status == "completed" and r.is_baseline]
+    done = [r for r in ranked if r.status == "completed" and r.pareto_rank != 1 and not r.is_baseline]
     front = sorted(pareto_front(ranked), key=lambda r: a.key(r.values.get(a.metric, math.nan)))
     if pruned:
-        ax.scatter(*xy(pruned), marker="x", color="0.6", label="stopped early (ASHA)")
-    if done:
-        ax.scatter(*xy(done), color="tab:blue", alpha=0.7, label="completed")
+        ax.scatter([p[0] for p in points(pruned)], [p[1] for p in points(pruned)], marker="x", color="0.6",
+                   label="stopped early (ASHA)")
+    bars(done, marker="o", color="tab:blue", alpha=0.7, label="completed")
     if front:
-        fx, fy = xy(front)
-        ax.plot(fx, fy, "-o", color="tab:red", drawstyle="steps-post", label="Pareto front")
-        for r, x, y in zip(front, fx, fy):
-            ax.annotate(r.trial_id, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        pts = points(front)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:red", drawstyle="steps-post")
+        bars([r for r in front if not r.is_baseline], marker="o", color="tab:red", label="Pareto front")
+        for r, p in zip(front, pts):
+            ax.annotate(r.trial_id, (p[0], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    bars(base, marker="s", color="tab:green", label="baseline (a square per seed)")
     ax.set_xlabel(f"{a.metric} ({a.mode})")
     ax.set_ylabel(f"{b.metric} ({b.mode})")
     ax.set_title(title or "Pareto front" + (f" (first two of {len(objectives)} objectives)" if len(objectives) > 2 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, "bars: ± standard error of each trial's own evaluation", fontsize=7, color="0.4")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -211,5 +458,7 @@ def best_config_text(config_yaml: str, row: TrialRow, objectives: Sequence[Objec
     return "\n".join(header) + "\n" + config_yaml
 
 
-__all__ = ["Objective", "TrialRow", "pareto_ranks", "rank_trials", "pareto_front", "best_trial", "format_table",
-           "format_markdown", "to_csv", "plot_pareto", "best_config_text"]
+__all__ = ["Objective", "TrialRow", "Baseline", "Difference", "stderr_key", "pareto_ranks", "rank_trials",
+           "pareto_front", "best_trial", "best_on", "baselines", "difference", "versus_baseline", "mark_within_noise",
+           "noise_lines", "comparison_metrics", "format_table", "format_markdown", "to_csv", "plot_pareto",
+           "best_config_text"]

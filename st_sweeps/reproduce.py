@@ -420,12 +420,13 @@ def inception_weights_status() -> tuple[bool, str]:
     return True, str(resolve_weights_path(given))
 
 
-def missing_data(dataset: str, root: Path, scale: str) -> list[str]:
+def missing_data(dataset: str, root: Path, scale: str, release: str | None = None) -> list[str]:
     """Problems with the data files under ``root``: at paper scale every file is counted against
-    ``st_sweeps.data.prepare``'s expectations; at smoke scale the files must only exist."""
+    ``st_sweeps.data.prepare``'s expectations; at smoke scale the files must only exist.
+    ``release``: the data set's ``source`` field where it has several releases (ImageNet32)."""
     from st_sweeps.data import prepare
 
-    source = prepare.SOURCES[dataset]
+    source = prepare.select(dataset, release)
     if scale == "paper":
         _, problems = prepare.check(source, root)
     else:
@@ -1146,7 +1147,9 @@ def preflight(dataset: str, data_root: Path, scale: str, configs: Iterable[Exper
               weights_status: str, launch: Launch) -> list[str]:
     """Everything that would stop a run part-way, checked before the first step: data files, the
     Inception weights (paper scale), the Ray launcher (workers > 1)."""
-    problems = missing_data(dataset, data_root, scale)
+    configs = list(configs)
+    releases = sorted({getattr(c.data.dataset, "source", None) for c in configs} - {None})
+    problems = [p for release in (releases or [None]) for p in missing_data(dataset, data_root, scale, release)]
     if scale == "paper" and not fid_ok and any(_has_fid(c) for c in configs):
         problems.append(f"FID at paper scale needs the Inception weights: {weights_status}")
     if launch.use_ray:

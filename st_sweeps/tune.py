@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from st_sweeps import report
@@ -50,6 +51,9 @@ from st_sweeps.search_space import SearchSpace, apply_params, load_search_space,
 # whether it is the trial's last evaluation (a trial that ends without one was stopped early).
 STEP_KEY = "step"
 FINISHED_KEY = "trial/finished"
+# In a baseline replicate's Tune config (beside the sampled params and its training "seed"): the
+# seed, marking the trial as the sweep's baseline (never stopped early, compared in the report)
+BASELINE_KEY = "st_sweeps.baseline_seed"
 SWEEP_FILE = "sweep.json"
 SPACE_COPY = "search_space.yaml"
 RUN_IDS_DIR = "mlflow_runs"
@@ -82,7 +86,7 @@ class TrialSpec:
     def experiment_config(self, params: Mapping[str, Any], trial_id: str) -> Any:
         from st_sweeps.experiment import experiment_from_dict
 
-        data = apply_params(self.base, params)
+        data = apply_params(self.base, {k: v for k, v in params.items() if k != BASELINE_KEY})
         data["name"] = f"{self.sweep_name}-{trial_id}"
         return experiment_from_dict(data, "base")
 
@@ -103,7 +107,9 @@ def _open_child_run(spec: TrialSpec, trial_id: str, params: Mapping[str, Any], k
     id_file = Path(spec.sweep_dir) / RUN_IDS_DIR / trial_id
     run_id = known_id or (id_file.read_text().strip() if id_file.exists() else "") or None
     tags = {"st_sweeps.role": "trial", "st_sweeps.sweep": spec.sweep_name, "st_sweeps.trial_id": trial_id,
-            "st_sweeps.sampled": json.dumps(dict(params), sort_keys=True)}
+            "st_sweeps.sampled": json.dumps({k: v for k, v in params.items() if k != BASELINE_KEY}, sort_keys=True)}
+    if BASELINE_KEY in params:
+        tags["st_sweeps.baseline_seed"] = str(params[BASELINE_KEY])
     tracker = MlflowTracker(spec.tracking_uri, spec.experiment, run_name=trial_run_name(trial_id), run_id=run_id,
                             parent_run_id=spec.parent_run_id, tags=tags)
     if run_id is None:
@@ -308,6 +314,28 @@ class PruningAwareOptunaSearch(OptunaSearch):
             log.warning("Optuna refused trial %s as %s: %s", trial_id, state.name, e)
         self._completed_trials.add(trial_id)
 
+    def enqueue_baseline(self, params: Mapping[str, Any], seeds: Sequence[int]) -> None:
+        """The baseline as the study's first ``len(seeds)`` trials, one per training seed."""
+        for _ in seeds:
+            self._ot_study.enqueue_trial(dict(params), skip_if_exists=False)
+        self._baseline_params = dict(params)
+        self._baseline_seeds = list(seeds)
+        self._baseline_of: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Optuna's point; the first suggestions (Optuna hands out enqueued trials first) are the
+        baseline's replicates, which also get their training seed and the baseline mark."""
+        config = super().suggest(trial_id)
+        pending = getattr(self, "_baseline_seeds", [])
+        if config is None or not (pending or trial_id in getattr(self, "_baseline_of", {})):
+            return config
+        if trial_id not in self._baseline_of:
+            if config != self._baseline_params:  # Optuna changed its queue discipline: say so
+                raise RuntimeError(f"expected the enqueued baseline {self._baseline_params}, Optuna suggested {config}")
+            self._baseline_of[trial_id] = pending.pop(0)
+        seed = self._baseline_of[trial_id]
+        return {**config, "seed": seed, BASELINE_KEY: seed}
+
     @property
     def study(self) -> Any:
         return self._ot_study
@@ -334,19 +362,33 @@ def make_searcher(space: SearchSpace, study_name: str) -> PruningAwareOptunaSear
     # multi-objective search single-objective (environment.md)
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
-    return PruningAwareOptunaSearch(space.define_by_run(), metric=metric, mode=mode, sampler=sampler,
-                                    study_name=study_name)
+    searcher = PruningAwareOptunaSearch(space.define_by_run(), metric=metric, mode=mode, sampler=sampler,
+                                        study_name=study_name)
+    if space.baseline is not None:
+        first = space.reference.seed
+        searcher.enqueue_baseline(space.baseline.params, [first + i for i in range(space.baseline.seeds)])
+    return searcher
+
+
+class BaselineKeepingASHA(ASHAScheduler):
+    """ASHA that never stops a baseline replicate: its values still fill the rungs (the others are
+    judged against them), but it runs to the end, so that the report can compare with it."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and BASELINE_KEY in (trial.config or {}) and result.get(FINISHED_KEY) != 1.0:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
 
 
 def make_scheduler(space: SearchSpace) -> Any:
     if space.scheduler.name == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
     # its own metric and mode: the searcher may have several objectives, ASHA takes one
-    return ASHAScheduler(time_attr=STEP_KEY, metric=space.scheduler_metric, mode=space.scheduler_mode,
-                         max_t=space.max_t, grace_period=space.grace_period,
-                         reduction_factor=space.scheduler.reduction_factor)
+    return BaselineKeepingASHA(time_attr=STEP_KEY, metric=space.scheduler_metric, mode=space.scheduler_mode,
+                               max_t=space.max_t, grace_period=space.grace_period,
+                               reduction_factor=space.scheduler.reduction_factor)
 
 
 # ======================================================================================== the sweep
@@ -521,9 +563,11 @@ def _tuner(space: SearchSpace, sweep: Sweep, resume: bool) -> Any:
     max_concurrent = space.max_concurrent
     if max_concurrent is None and space.resources.workers > 1:
         max_concurrent = 1  # each trial's Train workers must fit beside the others' (environment.md)
+    # reuse_actors: a trial process serves the next trial (same resources for all), saving each
+    # trial a process start and the imports of torch and st_sweeps (benchmarks/sweep_overhead.py)
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, sweep.study_name), scheduler=make_scheduler(space),
                                   num_samples=space.trials, max_concurrent_trials=max_concurrent,
-                                  trial_dirname_creator=_trial_dirname)
+                                  trial_dirname_creator=_trial_dirname, reuse_actors=True)
     run_config = tune.RunConfig(
         name=sweep.name, storage_path=str(sweep.directory.parent),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metrics[0],
@@ -552,9 +596,13 @@ def _rows(results: Any, space: SearchSpace, sweep: Sweep, searcher: PruningAware
         id_file = sweep.directory / RUN_IDS_DIR / trial_id
         params = {k: v for k, v in (r.config or {}).items() if k in space.keys}
         best = _best_checkpoint(r, space.metrics[0], space.modes[0])
+        seed = (r.config or {}).get(BASELINE_KEY)
         rows.append(report.TrialRow(
             trial_id=trial_id, status=status, params=params,
             values={k: float(m[k]) for k in space.metrics if isinstance(m.get(k), (int, float))},
+            stderrs={k: float(m[report.stderr_key(k)]) for k in space.metrics
+                     if isinstance(m.get(report.stderr_key(k)), (int, float))},
+            baseline_seed=int(seed) if isinstance(seed, int) else None,
             step=int(m[STEP_KEY]) if isinstance(m.get(STEP_KEY), (int, float)) else None,
             run_id=id_file.read_text().strip() if id_file.exists() else None,
             optuna_state=states.get(trial_id), error=_one_line(r.error) if r.error is not None else None,
@@ -579,6 +627,8 @@ def _best_checkpoint(result: Any, metric: str, mode: str) -> dict[str, Any]:
 
 
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED"}
+UNITS = {"eval/nll_bpd": "bpd", "eval/nelbo_bpd": "bpd", "eval/nll_bpd_no_residual": "bpd",
+         "eval/nelbo_bpd_no_residual": "bpd"}
 
 
 def close_trial_runs(rows: Sequence[report.TrialRow], sweep: Sweep, metric: str) -> None:
@@ -632,11 +682,14 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
     out.mkdir(parents=True, exist_ok=True)
     searcher = _final_searcher(sweep.directory)
     objectives = [report.Objective(o.metric, o.mode) for o in space.objectives]
-    ranked = report.rank_trials(_rows(results, space, sweep, searcher), objectives)
+    ranked = report.mark_within_noise(report.rank_trials(_rows(results, space, sweep, searcher), objectives),
+                                      objectives)
     keys = space.keys
-    table = report.format_table(ranked, objectives, keys)
+    notes = report.noise_lines(ranked, objectives, UNITS)
+    table = report.format_table(ranked, objectives, keys) + "\n\n" + "\n".join(notes)
     (out / "ranking.txt").write_text(table + "\n")
-    (out / "ranking.md").write_text(report.format_markdown(ranked, objectives, keys))
+    (out / "ranking.md").write_text(report.format_markdown(ranked, objectives, keys) + "\n" +
+                                    "".join(f"- {line}\n" for line in notes))
     (out / "ranking.csv").write_text(report.to_csv(ranked, objectives, keys))
     if searcher is not None:
         _export_study(searcher, out / "optuna.db", sweep.study_name)
@@ -655,6 +708,8 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
     metrics = {f"trials/{s}": float(n) for s, n in counts.items()}
     if best is not None:
         metrics.update({f"best/{o.metric}": best.values[o.metric] for o in objectives})
+        metrics.update({f"best/{report.stderr_key(k)}": v for k, v in best.stderrs.items()})
+    metrics.update(report.comparison_metrics(ranked, objectives))
     parent.log_metrics(metrics, 0)
     parent.set_tags({"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""})
     for f in sorted(out.iterdir()):

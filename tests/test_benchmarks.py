@@ -25,6 +25,7 @@ CASES = [
     ("benchmarks.sweep_overhead", "Sweep overhead", "| how the trials ran |", True),
     ("benchmarks.search_efficiency", "Search efficiency", "| searcher seed | budget share", True),
     ("benchmarks.memory", "Memory", "| process | count |", True),
+    ("benchmarks.digits_fd", "digits_fd: classifier accuracy, noise floor and sanity", "| real digits |", False),
 ]
 
 

@@ -3,6 +3,7 @@ flow, config validation and seeded initialisation."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -472,3 +473,19 @@ def test_sinusoidal_embedding_formula():
     freqs = torch.exp(-math.log(10000.0) / 3 * torch.arange(4.0))
     torch.testing.assert_close(emb[1], torch.cat([torch.sin(10 * freqs), torch.cos(10 * freqs)]))
     torch.testing.assert_close(emb[0], torch.cat([torch.zeros(4), torch.ones(4)]))
+
+
+@pytest.mark.parametrize("progressive_input", ["none", "residual"])
+def test_center_input_feeds_two_x_minus_one_to_every_layer(progressive_input):
+    """center_input (the official NCSN++ on data in [0, 1]): the same weights applied to 2x − 1,
+    the input pyramid included."""
+    cfg = NCSNpp(channels=8, channel_multipliers=(1, 2), blocks_per_resolution=1, attention_resolutions=(),
+                 progressive_input=progressive_input, dropout=0.0)
+    centered = dataclasses.replace(cfg, center_input=True)
+    shape = (3, 8, 8)
+    plain_net, centered_net = cfg.build(shape, _generator()), centered.build(shape, _generator())
+    centered_net.load_state_dict(plain_net.state_dict())
+    x, t = torch.rand(2, *shape), torch.tensor([0.3, -1.0])
+    with torch.no_grad():
+        torch.testing.assert_close(centered_net(x, t), plain_net(2 * x - 1, t))
+        assert not torch.allclose(centered_net(x, t), plain_net(x, t))

@@ -19,7 +19,7 @@ from PIL import Image
 from st_sweeps import reproduce
 from st_sweeps.errors import ConfigError
 from st_sweeps.reproduce import DATASETS, METRICS, SMOKE_BANNER, load_manifest, manifest_path
-from test_data import stl_images, write_cifar, write_stl  # the official-format writers
+from test_data import stl_images, write_cifar, write_imagenet32, write_small_imagenet, write_stl  # the official-format writers
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +47,13 @@ def write_celebahq_folder(root: Path, n: int, size: int = 32, seed: int = 1) -> 
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
 
 
-def write_all(root: Path) -> Path:
+def write_all(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every data set in its official format; the small-ImageNet loader's exact split counts are
+    set to the tiny ones written here (through ``monkeypatch``, undone with it)."""
     write_cifar(root, n=16)
+    write_imagenet32(root)
+    write_small_imagenet(root, {"train": [f"{i}.png" for i in range(12)], "test": [f"{i}.png" for i in range(6)]},
+                         monkeypatch)
     write_stl(root / "stl10_binary" / "train_X.bin", stl_images(8, 1))
     write_stl(root / "stl10_binary" / "unlabeled_X.bin", stl_images(8, 2))
     write_stl(root / "stl10_binary" / "test_X.bin", stl_images(8, 3))
@@ -71,9 +76,11 @@ def env(tmp_path_factory):
     os.chdir(base)  # MLflow puts artifacts under ./mlruns
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: one thread is as fast, and robust to a busy CI machine
+    patch = pytest.MonkeyPatch()
     try:
-        yield {"base": base, "data": write_all(base / "data"), "uri": f"sqlite:///{base / 'mlflow.db'}"}
+        yield {"base": base, "data": write_all(base / "data", patch), "uri": f"sqlite:///{base / 'mlflow.db'}"}
     finally:
+        patch.undo()
         torch.set_num_threads(threads)
         os.chdir(cwd)
         for k, v in saved.items():
@@ -83,7 +90,7 @@ def env(tmp_path_factory):
                 os.environ[k] = v
 
 
-SEEDS = {"cifar10": 2, "celeba": 1, "celebahq": 1, "stl10": 1}
+SEEDS = {"cifar10": 2, "celeba": 1, "celebahq": 1, "stl10": 1, "imagenet32": 1}
 
 
 def smoke_args(env, dataset: str, *extra: str) -> list[str]:
@@ -318,6 +325,12 @@ def test_manifests_pin_the_reference_numbers():
         ("celeba", "uncsnpp_rve_st"): (1.97, 1.92, None),
         ("celebahq", "uncsnpp_rve_st"): (None, 7.16, None),
         ("stl10", "uncsnpp_rve_st"): (None, 7.71, 13.43),
+        ("cifar10", "ddpmpp_vp_nll_st"): (None, None, None),
+        ("cifar10", "ddpmpp_deep_vp_nll_st"): (None, None, None),
+        ("cifar10", "ddpmpp_deepest_vp_nll_st"): (None, None, None),
+        ("celeba", "uddpmpp_vp_fid_st"): (None, None, None),
+        ("celeba", "uddpmpp_vp_nll_st"): (None, None, None),
+        ("imagenet32", "ddpmpp_vp_nll_st"): (3.90, 8.42, 11.82),
     }
     cifar = load_manifest(manifest_path("cifar10")).row("ddpmpp_vp_fid_st")
     assert cifar.paper.nll_bpd.dequantization == "uniform"
@@ -330,7 +343,7 @@ def test_manifests_pin_the_reference_numbers():
             config = r.experiment(0, d)
             assert config.eval.inception_score_splits == (1 if r.paper.inception_score.value is not None else 10)
             assert (config.eval.dequantization == "variational") == (r.paper.nll_bpd_vardeq.value is not None)
-        assert m.protocol.paper_fid == ("tf_inception" if d == "cifar10" else "clean_fid")
+        assert m.protocol.paper_fid == ("tf_inception" if d in ("cifar10", "imagenet32") else "clean_fid")
 
 
 def test_paper_configs_keep_the_rows_physics_at_smoke_scale():

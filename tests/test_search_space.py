@@ -36,6 +36,8 @@ VALID = {
     "searcher": {"name": "tpe", "seed": 1},
     "scheduler": {"name": "asha", "grace_period": 10},
     "trials": 4,
+    "baseline": {"params": {"truncation.prior.name": "fixed", "truncation.eps": 1e-5, "train.batch_size": 32},
+                 "seeds": 2},
 }
 
 
@@ -81,12 +83,21 @@ def test_shipped_files_cover_the_brief() -> None:
     names = {p.stem for p in SHIPPED}
     assert {"prior", "weighting", "stf", "diffusion_time", "pareto"} <= names
     pareto = load_search_space(ROOT / "search_spaces" / "pareto.yaml")
-    assert pareto.multi_objective and pareto.metrics == ["eval/nll_bpd", "eval/pixel_fd"]
-    assert pareto.scheduler_metric == "eval/nll_bpd"
+    assert pareto.multi_objective and pareto.metrics == ["eval/nll_bpd", "eval/digits_fd"]
+    # the main job: likelihood against sample quality, compared with hard truncation at ε = 1e-5
+    # run on several seeds (the seed spread), the NLL on enough examples for a small standard error
     prior = load_search_space(ROOT / "search_spaces" / "prior.yaml")
-    assert prior.trials >= 8 and prior.scheduler.name == "asha"
-    train = prior.reference.train
-    assert train.steps // train.eval_every_steps >= 3  # several rungs for ASHA
+    assert prior.trials >= 8 and prior.metrics == ["eval/nll_bpd", "eval/digits_fd"]
+    assert prior.baseline is not None and prior.baseline.seeds >= 3
+    assert prior.baseline.params == {"truncation.prior.name": "fixed", "truncation.eps": 1e-5}
+    assert prior.reference.eval.nll_examples >= 256 and prior.reference.eval.num_samples >= 256
+    assert prior.reference.train.steps >= 1000 and prior.reference.model.network.channels >= 16
+    for space in (load_search_space(p) for p in SHIPPED):
+        assert space.baseline is not None and space.baseline.seeds >= 2, space.source
+        if space.scheduler.name == "asha":  # ASHA prunes on one objective: single-objective spaces only
+            assert not space.multi_objective, space.source
+            train = space.reference.train
+            assert train.steps // train.eval_every_steps >= 2 and space.grace_period < space.max_t
 
 
 def test_valid_file_loads(tmp_path: Path) -> None:
@@ -147,7 +158,8 @@ def test_set_overrides(tmp_path: Path) -> None:
 
 
 def test_grid_searcher(tmp_path: Path) -> None:
-    data = {**VALID, "searcher": {"name": "grid"}, "trials": 6,
+    no_baseline = {k: v for k, v in VALID.items() if k != "baseline"}  # a grid holds its points already
+    data = {**no_baseline, "searcher": {"name": "grid"}, "trials": 6,
             "space": {"truncation.prior.name": {"type": "categorical", "choices": ["fixed", "power_law"]},
                       "train.batch_size": {"type": "int", "low": 16, "high": 48, "step": 16}}}
     assert load(tmp_path, data).grid() == {"truncation.prior.name": ["fixed", "power_law"],
@@ -192,6 +204,14 @@ def test_grid_searcher(tmp_path: Path) -> None:
     (mutate("resources/workers", 0), "resources.workers", ">= 1"),
     (mutate("trials", 0), "trials", ">= 1"),
     (mutate("name", "a/b"), "name", "no '/'"),
+    (mutate("baseline/params/truncation.eps", 0.5), "baseline.params.truncation.eps", "float [1e-05, 0.01]"),
+    (mutate("baseline/params/truncation.prior.k", 1.0), "baseline.params.truncation.prior.k", "leave it out"),
+    (mutate("baseline/params/train.batch_size", 40), "baseline.params.train.batch_size", "step 16"),
+    (mutate("baseline/params/truncation.prior.name", "power_law"), "baseline.params", "truncation.prior.k"),
+    (mutate("baseline/params/optim.lr", 1e-3), "baseline.params.optim.lr", "truncation.eps"),
+    (mutate("baseline/seeds", 0), "baseline.seeds", ">= 1"),
+    (mutate("baseline/params", {}), "baseline.params", "a mapping"),
+    (mutate("baseline/runs", 2), "baseline.runs", "params, seeds"),
 ])
 def test_errors_name_file_key_and_allowed(tmp_path: Path, data: dict, field: str, allowed: str) -> None:
     e = error(tmp_path, data)
@@ -199,6 +219,21 @@ def test_errors_name_file_key_and_allowed(tmp_path: Path, data: dict, field: str
     assert text.startswith(str(tmp_path / "sweep.yaml") + ": "), text
     assert e.field.endswith(field), text
     assert allowed in (e.allowed or "") or allowed in text, text
+
+
+def test_baseline_is_a_point_of_the_space(tmp_path: Path) -> None:
+    space = load(tmp_path, VALID)
+    assert space.baseline is not None and space.baseline.seeds == 2
+    assert space.experiment(space.baseline.params).truncation.eps == 1e-5
+    grid = {**VALID, "searcher": {"name": "grid"}, "trials": 2,
+            "space": {k: v for k, v in VALID["space"].items() if k in ("truncation.prior.name", "train.batch_size")},
+            "baseline": {"params": {"truncation.prior.name": "fixed", "train.batch_size": 32}}}
+    e = error(tmp_path, grid)
+    assert e.field.endswith("baseline") and "grid" in str(e)
+    dims = {d.key: d for d in space.dimensions}
+    assert dims["truncation.eps"].contains(1e-5) and not dims["truncation.eps"].contains("1e-5")
+    assert dims["train.batch_size"].contains(48) and not dims["train.batch_size"].contains(40)
+    assert not dims["train.batch_size"].contains(True) and dims["truncation.prior.name"].contains("fixed")
 
 
 def test_value_that_breaks_another_field_blames_the_dimension(tmp_path: Path) -> None:
@@ -246,7 +281,8 @@ def test_cli_dry_run_prints_the_plan() -> None:
     proc = subprocess.run([sys.executable, "-m", "st_sweeps.tune", "search_spaces/prior.yaml", "--dry-run",
                            "--set", "trials=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "trials:     3" in proc.stdout and "truncation.prior.k" in proc.stdout and "asha" in proc.stdout
+    assert "trials:     3" in proc.stdout and "truncation.prior.k" in proc.stdout and "scheduler:  none" in proc.stdout
+    assert "baseline:   truncation.prior.name='fixed', truncation.eps=1e-05, run first on 3" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------- fuzzing
@@ -255,7 +291,8 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**30, max
 known_keys = st.sampled_from(["name", "base", "space", "objectives", "searcher", "scheduler", "trials",
                               "max_concurrent", "resources", "mlflow", "storage_path", "type", "low", "high",
                               "log", "step", "choices", "when", "metric", "mode", "seed", "cpus", "workers",
-                              "truncation.eps", "truncation.prior.k", "train", "steps", "eval"])
+                              "truncation.eps", "truncation.prior.k", "train", "steps", "eval", "baseline",
+                              "params", "seeds"])
 keys = st.one_of(known_keys, st.text(min_size=1, max_size=10))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                         st.dictionaries(keys, inner, max_size=4)), max_leaves=12)

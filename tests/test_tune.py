@@ -200,3 +200,82 @@ def test_resume_without_a_sweep_is_a_clean_error(tmp_path: Path) -> None:
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("--resume: no sweep 'tiny'") and "Traceback" not in proc.stderr
+
+
+def test_report_noise_and_baseline_come_from_the_trials_data(tmp_path: Path) -> None:
+    """A reduced sweep with a baseline on two seeds and two objectives (NLL, pixel-space FD): the
+    report's ± are the standard errors each trial's evaluation reported, and its best − baseline
+    line and seed spread are recomputed here from the trials' own results (Tune and MLflow)."""
+    import statistics
+
+    from mlflow.tracking import MlflowClient
+
+    baseline = {"truncation.prior.name": "fixed", "truncation.eps": 1e-5}
+    data = {**SWEEP, "base": {**SWEEP["base"], "optim": {"lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.5},
+                              "eval": {**SWEEP["base"]["eval"], "num_samples": 8, "sample_quality": "pixel_fd"}},
+            "space": {"truncation.prior.name": {"type": "categorical", "choices": ["fixed", "power_law"]},
+                      "truncation.eps": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+            "objectives": [{"metric": "eval/nll_bpd", "mode": "min"}, {"metric": "eval/pixel_fd", "mode": "min"}],
+            "searcher": {"name": "nsga2", "seed": 0, "population_size": 2},
+            "scheduler": {"name": "asha", "metric": "eval/nll_bpd", "mode": "min", "grace_period": 10},
+            "baseline": {"params": baseline, "seeds": 2}, "trials": 4, "max_concurrent": 2,
+            "mlflow": {"experiment": "test-noise"}}
+    (tmp_path / "noise.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "st_sweeps.tune", str(tmp_path / "noise.yaml"), "--name", "noise"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    sweep_dir = tmp_path / "ray_results" / "noise"
+
+    # every trial's last report, from Tune's result.json
+    last = {}
+    for f in sweep_dir.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        last[f.parent.name.removeprefix("trial_")] = rows[-1]
+    assert len(last) == 4
+    metrics = ("eval/nll_bpd", "eval/pixel_fd")
+    ranking = {r["trial_id"]: r for r in __import__("csv").DictReader(
+        (sweep_dir / "report" / "ranking.csv").read_text().splitlines())}
+    for tid, result in last.items():
+        for m in metrics:  # the report's SE is the one the trial's own evaluation reported
+            assert result[f"{m}_stderr"] > 0
+            assert float(ranking[tid][f"{m}_stderr"]) == pytest.approx(result[f"{m}_stderr"], rel=1e-9)
+            assert float(ranking[tid][m]) == pytest.approx(result[m], rel=1e-9)
+    assert len({round(r["eval/nll_bpd_stderr"], 9) for r in last.values()}) > 1  # not a constant
+
+    # the baseline: two replicates (seeds 0 and 1) of the same point, both run to the end
+    base = {tid: r for tid, r in last.items() if r["config"].get("st_sweeps.baseline_seed") is not None}
+    assert sorted(r["config"]["seed"] for r in base.values()) == [0, 1]
+    for r in base.values():
+        assert {k: r["config"][k] for k in baseline} == baseline and r["trial/finished"] == 1.0
+    others = {tid: r for tid, r in last.items() if tid not in base and r["trial/finished"] == 1.0}
+    assert others, "no completed trial besides the baseline"
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("test-noise")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get("st_sweeps.role") == "sweep")
+    children = {r.data.tags["st_sweeps.trial_id"]: r for r in runs if r.data.tags.get("st_sweeps.role") == "trial"}
+    assert {tid for tid, r in children.items() if "st_sweeps.baseline_seed" in r.data.tags} == set(base)
+    for m in metrics:
+        # recomputed from the trials' MLflow runs: the values and SEs at their last evaluation
+        value = {tid: children[tid].data.metrics[m] for tid in last}
+        se = {tid: children[tid].data.metrics[f"{m}_stderr"] for tid in last}
+        b_values = [value[t] for t in sorted(base, key=lambda t: base[t]["config"]["seed"])]
+        spread = statistics.stdev(b_values)
+        mean = statistics.fmean(b_values)
+        b_se = (sum(se[t] ** 2 for t in base) ** 0.5) / 2
+        best = min(others, key=lambda t: value[t])
+        diff = value[best] - mean
+        sd = (se[best] ** 2 + b_se ** 2 + (1 + 1 / 2) * spread ** 2) ** 0.5
+        assert parent.data.metrics[f"seed_spread/{m}"] == pytest.approx(spread, rel=1e-6)
+        assert parent.data.metrics[f"baseline/{m}"] == pytest.approx(mean, rel=1e-6)
+        assert parent.data.metrics[f"best_minus_baseline/{m}"] == pytest.approx(diff, rel=1e-6, abs=1e-9)
+        assert parent.data.metrics[f"best_minus_baseline_sd/{m}"] == pytest.approx(sd, rel=1e-6)
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(f"{m} (min): best − baseline = "))
+        assert f"trial {best} − mean of 2 baseline seed(s)" in line
+        number = line.split(" = ")[1].split(" (")[0].split()  # e.g. ['-0.123', '±', '0.085', 'bpd']
+        assert float(number[0]) == pytest.approx(diff, abs=float(f"1e-{len(number[2].split('.')[1])}"))
+        assert float(number[2]) == pytest.approx(sd, rel=0.05)
+        assert ("within noise" in line) == (abs(diff) < 2 * sd)
+    assert (sweep_dir / "report" / "pareto.png").exists()
+    assert "report/pareto.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}

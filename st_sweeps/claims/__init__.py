@@ -10,6 +10,12 @@ statistic computed per seed and a verdict rule fixed before the run. Modules, on
                        two measurements that need no training
 - ``target_variance``  Stable Target Field: the training target's covariance against the reference size
 - ``tau_expectation``  Soft Truncation in expectation over τ: Monte-Carlo against the exact weighting
-- ``study``            the runs: Ray Tune over the grid with the sweeps' trial function, MLflow, resume
-- ``report``           the table (Markdown, CSV) and one figure per claim
+- ``results``          per-seed values -> intervals -> each part's and each claim's verdict (pure)
+- ``study``            the runs: Ray Tune over the grid with the sweeps' trial function, MLflow, resume;
+                       the command line
+- ``report``           the table (Markdown, CSV)
+- ``figures``          one figure per claim
+
+Only ``study`` imports ray (lazily, inside its functions) and reaches MLflow only through
+``st_sweeps.tracking``; the rest imports torch and the package's math.
 """

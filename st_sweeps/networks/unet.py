@@ -83,6 +83,9 @@ class UNetConfig(Network):
     progressive_input: Literal["none", "residual", "input_skip"] = "none"
     progressive_output: Literal["none", "output_skip"] = "none"
     init_scale: float = 0.0  # scale of each residual branch's last layer (0 → 1e-10)
+    # x ↦ 2x − 1 before the first layer (the input pyramid sees it too): the official NCSN++ does
+    # this for data in [0, 1] (data.centered false), so its layers see [−1, 1]-scaled inputs
+    center_input: bool = False
 
     def __post_init__(self) -> None:
         for name in ("channel_multipliers", "attention_resolutions", "fir_kernel"):
@@ -264,6 +267,8 @@ class UNet(nn.Module):
         temb = self.time_embed(time_input.to(x.dtype).reshape(-1))  # [B, E or 2E]
         temb = self.temb1(F.silu(self.temb0(temb)))  # [B, 4E]
 
+        if cfg.center_input:
+            x = 2 * x - 1
         pyramid = x if cfg.progressive_input != "none" else None
         hs = [self.conv_in(x)]
         for level in self.down:
