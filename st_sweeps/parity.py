@@ -213,11 +213,16 @@ def write_weight_figure(title: str, curves: Sequence[tuple[str, Any, OfficialLos
         ax.axis("off")
     for ax, (label, objective, loss, sde) in zip(axes.flat, curves):
         t, rho = log_snr_grid(sde, loss.eps)
+        top, bottom = 0.0, float("inf")
         for name, w, style in (("ours", log_snr_density(objective, sde, loss.eps, t), "-"),
                                ("official", official_log_snr_density(loss, sde, loss.eps, t), "--")):
-            area = torch.trapezoid(w, rho)
-            ax.plot(rho.numpy(), (w / area).numpy(), style, label=name)
-        ax.set_yscale("log")
+            w = w / torch.trapezoid(w, rho)
+            ax.plot(rho.numpy(), w.numpy(), style, label=name)
+            top, bottom = max(top, float(w.max())), min(bottom, float(w.min()))
+        if top > 20 * bottom > 0:  # a log axis only where the weight spans decades
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.25 * top)
         ax.set_xlabel("−log SNR")
         ax.set_ylabel("ε-loss weight density (unit area)")
         ax.set_title(label, fontsize=8)
