@@ -286,6 +286,15 @@ def noise_lines(ranked: Sequence[TrialRow], objectives: Sequence[Objective], uni
                    f"(trial {best.trial_id} − mean of {len(base.rows)} baseline seed(s) = "
                    f"{best.values[o.metric]:.{decimals}f} − {base.mean:.{decimals}f}; |z| = {abs(d.z):.1f}: "
                    f"{sign}, {verdict})")
+    front = [r for r in pareto_front(ranked) if not r.is_baseline]
+    if len(objectives) > 1 and front and all(o.metric in bases for o in objectives):
+        out.append("Pareto front against the baseline (trial − mean of its seeds, ± sd; * beyond noise):")
+        for r in front:
+            parts = []
+            for o in objectives:
+                d = versus_baseline(r, bases[o.metric])
+                parts.append(f"{o.metric} {_fmt_pm(d.value, d.sd, sign=True)}{'*' if d.within_noise is False else ''}")
+            out.append(f"  {r.trial_id}: " + ", ".join(parts))
     return out
 
 

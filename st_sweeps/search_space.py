@@ -492,6 +492,12 @@ def apply_sweep_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> 
             if match is not None or "." in rest:
                 space[rest] = value
                 continue
+        baseline = out.get("baseline")
+        if key.startswith("baseline.params.") and isinstance(baseline, dict) \
+                and isinstance(baseline.get("params", {}), dict):
+            # the baseline's params are dotted dimension keys, like the space's: one flat key each
+            baseline.setdefault("params", {})[key[len("baseline.params."):]] = value
+            continue
         if key.startswith("base.") and isinstance(out.get("base", {}), dict):
             # the base is an experiment: its schema tells registry nodes from plain fields
             out["base"] = apply_overrides(out.get("base", {}), {key[len("base."):]: value}, ExperimentConfig)

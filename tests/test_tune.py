@@ -279,3 +279,27 @@ def test_report_noise_and_baseline_come_from_the_trials_data(tmp_path: Path) -> 
         assert ("within noise" in line) == (abs(diff) < 2 * sd)
     assert (sweep_dir / "report" / "pareto.png").exists()
     assert "report/pareto.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def test_report_noise_arithmetic_and_edge_cases() -> None:
+    """No cluster needed: ± and ≈ from given standard errors; one baseline seed measures no spread;
+    a missing standard error is no verdict rather than a made-up one."""
+    from st_sweeps import report
+
+    nll = report.Objective("eval/nll_bpd", "min")
+
+    def row(tid: str, value: float, se: float | None, seed: int | None = None) -> report.TrialRow:
+        return report.TrialRow(tid, "completed", {}, {"eval/nll_bpd": value},
+                               stderrs={} if se is None else {"eval/nll_bpd": se}, baseline_seed=seed)
+
+    rows = [row("b", 5.0, 0.03, seed=0), row("x", 4.88, 0.04), row("y", 4.95, None)]
+    ranked = report.mark_within_noise(report.rank_trials(rows, [nll]), [nll])
+    marks = {r.trial_id: r.within_noise.get("eval/nll_bpd") for r in ranked}
+    assert marks == {"x": True, "b": False, "y": None}  # |4.88 − 5.0| = 0.12 > 2·0.05; y has no SE
+    d = report.versus_baseline(ranked[0], report.baselines(ranked, [nll])["eval/nll_bpd"])
+    assert d.value == pytest.approx(-0.12) and d.sd == pytest.approx(0.05) and d.within_noise is False
+    lines = report.noise_lines(ranked, [nll])
+    assert any("seed spread not measured" in line for line in lines)
+    assert any(line.startswith("eval/nll_bpd (min): best − baseline = -0.120 ± 0.050") for line in lines)
+    table = report.format_table(ranked, [nll], [])
+    assert "4.880 ± 0.040 ≈" in table and "b (baseline, seed 0)" in table and "4.95" in table

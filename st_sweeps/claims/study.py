@@ -86,24 +86,33 @@ class StudyState:
     def save(self, out: Path) -> None:
         _write_json(out / STUDY_FILE, asdict(self))
 
-    def with_invocation(self, command: str, wall_s: float, trained: int) -> "StudyState":
-        commit, dirty = git_commit()
-        entry = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "commit": commit, "dirty": dirty,
-                 "wall_s": round(wall_s, 1), "trained": trained}
+    def with_invocation(self, command: str, started: tuple[str, bool], wall_s: float, trained: int) -> "StudyState":
+        """This invocation appended: its command, the commit (and whether the tree was dirty) when
+        it started and when it wrote the tables (others may commit while a study runs)."""
+        commit, dirty = started
+        end_commit, end_dirty = git_commit()
+        entry = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "commit": commit,
+                 "dirty": dirty or end_dirty, "commit_at_end": end_commit, "wall_s": round(wall_s, 1),
+                 "trained": trained}
         return StudyState(**{**asdict(self), "invocations": (*self.invocations, entry)})
 
     def provenance(self, trial_s: float) -> Provenance:
         """Command, date and commit of the first invocation (the one that started the training);
         wall time summed over all of them."""
         first = self.invocations[0]
-        return Provenance(first["command"], first["date"][:10], first["commit"], first["dirty"], self.scale,
+        commit = first["commit"]
+        if first.get("commit_at_end", commit) != commit:
+            commit += f" at the start, {first['commit_at_end']} at the end"
+        return Provenance(first["command"], first["date"][:10], commit, first["dirty"], self.scale,
                           wall_s=sum(i["wall_s"] for i in self.invocations), trial_s=trial_s,
                           invocations=len(self.invocations))
 
 
 def fingerprint(manifest: Manifest, scale: str) -> str:
-    """Of everything the trained runs depend on: the resolved base and every point's params."""
-    data = {"base": manifest.resolved_base(), "points": [(p.id, p.params) for p in manifest.points(scale)],
+    """Of what the manifest asks the trained runs to be: its base and every point's params (not
+    the defaults filled in around them, so that a new config field with a default does not orphan
+    a study; each run's resolved config is in its MLflow run)."""
+    data = {"base": manifest.base, "points": [(p.id, p.params) for p in manifest.points(scale)],
             "report_metric": manifest.report_metric}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -173,8 +182,10 @@ def run_trials(manifest: Manifest, scale: str, out: Path, state: StudyState, pen
             grid = [{"id": p.id, "config_id": p.config_id, "seed": p.seed, "params": p.params} for p in pending]
             tuner = tune.Tuner(
                 trainable, param_space={"point": tune.grid_search(grid)},
+                # reuse_actors: a trial process serves the next trial (every trial asks for the same
+                # one CPU), saving each a process start and the imports, as the sweeps do
                 tune_config=tune.TuneConfig(max_concurrent_trials=manifest.scales.get(scale).concurrency,
-                                            trial_dirname_creator=_trial_dirname),
+                                            trial_dirname_creator=_trial_dirname, reuse_actors=True),
                 run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(out),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                           failure_config=tune.FailureConfig(max_failures=0), verbose=1))
@@ -349,6 +360,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     from st_sweeps.tracking import default_tracking_uri
 
     t0 = time.perf_counter()
+    started = git_commit()
     manifest = load_manifest(args.manifest)
     scale = args.scale
     out = (args.out or RESULTS_DIR / scale).resolve()
@@ -378,7 +390,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         missing = [p.id for p in points if p.config_id not in runs or p.seed not in runs[p.config_id]]
         claims = evaluate(manifest, runs, values)
         trial_s = sum(r.wall_s or 0.0 for by_seed in runs.values() for r in by_seed.values())
-        state = state.with_invocation(_command(argv), time.perf_counter() - t0, trained)
+        state = state.with_invocation(_command(argv), started, time.perf_counter() - t0, trained)
         state.save(out)
         provenance = state.provenance(trial_s)
         files = write_outputs(manifest, claims, runs, details, provenance, out)
