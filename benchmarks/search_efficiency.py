@@ -135,7 +135,9 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
 def verdict(mean: float, se: float) -> str:
     if not math.isfinite(se):
         return "one seed: no spread"
-    return "within noise" if abs(mean) < NOISE_Z * se else ("TPE + ASHA better" if mean < 0 else "random better")
+    if mean == 0 and se == 0:
+        return "no difference: the same best trial in every seed"
+    return "within noise" if abs(mean) <= NOISE_Z * se else ("TPE + ASHA better" if mean < 0 else "random better")
 
 
 def run(args: argparse.Namespace) -> Section:
@@ -190,15 +192,15 @@ def run(args: argparse.Namespace) -> Section:
     corr = []
     for step, (at_rung, final) in sorted(rungs.items()):
         rho = [r for r in per_seed_rho[step] if math.isfinite(r)]
-        corr.append([step, len(at_rung), fmt(spearman(at_rung, final), 2),
-                     ", ".join(fmt(r, 2) for r in rho) or "–"])
+        corr.append([step, len(at_rung), f"{spearman(at_rung, final):.2f}", ", ".join(f"{r:.2f}" for r in rho) or "–"])
     steps = base_sweep()["base"]["train"]["steps"] if "steps" not in size["train"] else size["train"]["steps"]
     notes.append(f"- Trials of {steps} steps, evaluated every {size['train']['eval_every_steps']} steps (NLL on "
                  f"{base_sweep()['base']['eval']['nll_examples'] if 'nll_examples' not in size['eval'] else size['eval']['nll_examples']} "
                  f"test examples); ASHA grace period {size['grace']} steps, reduction factor 2; TPE's first "
                  f"{size['startup']} points random; searcher seeds {', '.join(map(str, seeds))}. Difference = TPE + "
                  f"ASHA − random (negative: TPE + ASHA found a lower NLL); mean ± standard error over seeds, "
-                 f"within noise when below {NOISE_Z:g} standard errors.")
+                 f"within noise when below {NOISE_Z:g} standard errors. With the same seed, TPE's random first "
+                 f"points are the random arm's first points: the arms are paired on them.")
     table = markdown_table(["searcher seed", "budget share (trial-steps)", "best NLL, random (bits/dim)",
                             "best NLL, TPE + ASHA (bits/dim)", "difference"], rows)
     table += "\n\n" + markdown_table(["budget share", "seeds", "difference TPE + ASHA − random, mean (bits/dim)",

@@ -47,6 +47,8 @@ def sweep_mapping(mode: str, concurrent: int) -> dict[str, Any]:
     sweep.pop("baseline", None)  # its seeds are not sampled params: the direct runs could not repeat them
     sweep["base"]["train"].update(size["train"])
     sweep["base"]["eval"].update(size["eval"])
+    if sweep["base"]["eval"].get("num_samples") == 0:  # no samples: only the NLL can be an objective
+        sweep["objectives"] = [o for o in sweep["objectives"] if o["metric"] == "eval/nll_bpd"]
     sweep.update({"trials": size["trials"], "max_concurrent": concurrent,
                   "searcher": {"name": "random", "seed": 0}, "scheduler": {"name": "none"}})
     return sweep

@@ -696,7 +696,8 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
     close_trial_runs(ranked, sweep, space.metrics[0])
     best = report.best_trial(ranked, objectives)
     if best is not None:
-        config = space.experiment({**best.params}, name=f"{sweep.name}-best")
+        seed = {} if best.baseline_seed is None else {"seed": best.baseline_seed}  # a replicate: its own seed
+        config = space.experiment({**best.params, **seed}, name=f"{sweep.name}-best")
         (out / "best_config.yaml").write_text(report.best_config_text(dump_yaml(config), best, objectives, sweep.name))
     if space.multi_objective:
         front = report.pareto_front(ranked)
@@ -766,7 +767,10 @@ def run(args: argparse.Namespace) -> int:
               f"MLflow: experiment {sweep.experiment!r} at {sweep.tracking_uri} (parent run {sweep.parent_run_id})",
               flush=True)
         results = _tuner(space, sweep, args.resume).fit()
-        finished = results.num_terminated + results.num_errors
+        # a trial that never reported its objective did not finish: an interrupt can mark such a
+        # trial terminated (seen with reuse_actors), and it must run on --resume
+        metric = space.objectives[0].metric
+        finished = sum(1 for r in results if r.error is not None or metric in (r.metrics or {}))
         if len(results) < space.trials or finished < len(results):
             status = "KILLED"
             print(f"\nsweep {sweep.name} interrupted ({finished} of {space.trials} trials done); continue it with:\n"

@@ -1,7 +1,10 @@
 """The sweep end to end, through the CLI: a tiny sweep interrupted (SIGINT once two trials are
 done) and resumed with --resume. Checks: the finished trials are neither lost nor re-run, one
 MLflow run per trial under one parent, the ranked table and best_config.yaml, and trials ASHA
-stopped are PRUNED in the Optuna study.
+stopped are PRUNED in the Optuna study. A second reduced sweep, with a baseline on two seeds and
+two objectives: the report's standard errors, seed spread and best − baseline lines are
+recomputed here from the trials' own results. The rest needs no cluster: the searcher, the
+report's noise arithmetic, ASHA keeping the baseline.
 
 The space makes pruning certain: the random searcher (seed 6) draws lr 3e-3, 1e-7, 3e-3, 3e-3,
 and trials run one at a time, so the second (barely trained: NLL ≈ 15.6 bits/dim against ≈ 11.7
@@ -303,3 +306,27 @@ def test_report_noise_arithmetic_and_edge_cases() -> None:
     assert any(line.startswith("eval/nll_bpd (min): best − baseline = -0.120 ± 0.050") for line in lines)
     table = report.format_table(ranked, [nll], [])
     assert "4.880 ± 0.040 ≈" in table and "b (baseline, seed 0)" in table and "4.95" in table
+
+
+def test_asha_never_stops_a_baseline_replicate() -> None:
+    """No cluster needed: at a rung, ASHA stops the worse trial, but a baseline replicate as bad
+    runs on (its value still counts in the rung); at the end it stops as any trial does."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from st_sweeps.tune import BASELINE_KEY, FINISHED_KEY, BaselineKeepingASHA
+
+    asha = BaselineKeepingASHA(time_attr="step", metric="eval/nll_bpd", mode="min", max_t=20, grace_period=10,
+                               reduction_factor=2)
+    good, bad = SimpleNamespace(trial_id="good", config={}), SimpleNamespace(trial_id="bad", config={})
+    base = SimpleNamespace(trial_id="base", config={BASELINE_KEY: 0, "seed": 0})
+    for t in (good, bad, base):
+        asha.on_trial_add(None, t)
+    at_rung = {"step": 10, FINISHED_KEY: 0.0}
+    assert asha.on_trial_result(None, good, {**at_rung, "eval/nll_bpd": 5.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, bad, {**at_rung, "eval/nll_bpd": 9.0}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, base, {**at_rung, "eval/nll_bpd": 9.5}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, base, {"step": 20, FINISHED_KEY: 1.0, "eval/nll_bpd": 9.0}) == \
+        TrialScheduler.STOP
+
