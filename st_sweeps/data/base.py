@@ -126,6 +126,20 @@ class Dataset:
         raise NotImplementedError
 
 
+class RGBImages(Dataset):
+    """Base of the 8-bit RGB image sets: square ``image_size`` images, 3 channels, discrete."""
+
+    image_size: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def discrete(self) -> bool:
+        return True
+
+
 def validate_image_size(image_size: int, largest: int, why: str) -> None:
     require(1 <= image_size <= largest, "image_size", f"got {image_size!r}",
             f"an integer in [1, {largest}] ({why})")

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, Split, cached_uint8, check_split,
+from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, RGBImages, Split, cached_uint8, check_split,
                                  images_from_hwc, require_files, resolve_data_root, validate_image_size)
 from st_sweeps.data.transforms import resize_images
 from st_sweeps.errors import ConfigError, require_range
@@ -127,7 +127,7 @@ def decode_and_resize(paths: list[Path], crop: int | None, image_size: int, what
 
 @Dataset.registry.register("celeba")
 @dataclass(frozen=True)
-class CelebA(Dataset):
+class CelebA(RGBImages):
     """CelebA aligned faces, centre crop 140, resized to image_size (64 in the paper)."""
 
     image_size: int = 64
@@ -135,14 +135,6 @@ class CelebA(Dataset):
 
     def __post_init__(self) -> None:
         validate_image_size(self.image_size, CELEBA_CROP, f"images are centre-cropped to {CELEBA_CROP}×{CELEBA_CROP}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
-
-    @property
-    def discrete(self) -> bool:
-        return True
 
     def load(self, root: Path | None, split: Split) -> ImageData:
         check_split(split)
@@ -181,7 +173,7 @@ def list_images(folder: Path) -> list[Path]:
 
 @Dataset.registry.register("celebahq")
 @dataclass(frozen=True)
-class CelebAHQ(Dataset):
+class CelebAHQ(RGBImages):
     """CelebA-HQ from a folder of images (any size ≥ image_size), last test_fraction as test."""
 
     image_size: int = 256
@@ -191,14 +183,6 @@ class CelebAHQ(Dataset):
     def __post_init__(self) -> None:
         validate_image_size(self.image_size, 1024, "CelebA-HQ images are at most 1024×1024")
         require_range(self.test_fraction, "test_fraction", 0.0, 1.0, high_open=True)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
-
-    @property
-    def discrete(self) -> bool:
-        return True
 
     def split_paths(self, paths: list[Path], split: Split) -> list[Path]:
         n_test = math.ceil(len(paths) * self.test_fraction)

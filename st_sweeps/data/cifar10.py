@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, Split, check_split, require_files,
+from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, RGBImages, Split, check_split, require_files,
                                  resolve_data_root, validate_image_size)
 from st_sweeps.data.transforms import resize_images
 
@@ -61,7 +61,7 @@ def load_batch_images(root: Path, path: Path) -> Tensor:
 
 @Dataset.registry.register("cifar10")
 @dataclass(frozen=True)
-class CIFAR10(Dataset):
+class CIFAR10(RGBImages):
     """CIFAR-10, 32×32 RGB; randomly flipped training batches as in the paper."""
 
     image_size: int = 32
@@ -69,14 +69,6 @@ class CIFAR10(Dataset):
 
     def __post_init__(self) -> None:
         validate_image_size(self.image_size, 32, "CIFAR-10 images are 32×32")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
-
-    @property
-    def discrete(self) -> bool:
-        return True
 
     def load(self, root: Path | None, split: Split) -> ImageData:
         check_split(split)

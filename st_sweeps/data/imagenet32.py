@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, Split, check_split, require_files,
+from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, RGBImages, Split, check_split, require_files,
                                  resolve_data_root, validate_image_size)
 from st_sweeps.data.transforms import resize_images
 from st_sweeps.errors import require
@@ -260,7 +260,7 @@ def load_small_png(root: Path, split: str) -> torch.Tensor:
 
 @Dataset.registry.register("imagenet32")
 @dataclass(frozen=True)
-class ImageNet32(Dataset):
+class ImageNet32(RGBImages):
     """Downsampled ImageNet 32×32; ``source`` picks the release (see the module docstring: bits/dim
     are not comparable across them). Test split = the validation images."""
 
@@ -271,14 +271,6 @@ class ImageNet32(Dataset):
     def __post_init__(self) -> None:
         validate_image_size(self.image_size, 32, "ImageNet32 images are 32×32")
         require(self.source in RELEASES, "source", f"got {self.source!r}", RELEASES)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
-
-    @property
-    def discrete(self) -> bool:
-        return True
 
     def load(self, root: Path | None, split: Split) -> ImageData:
         check_split(split)

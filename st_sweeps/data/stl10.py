@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, Split, cached_uint8, check_split,
+from st_sweeps.data.base import (Dataset, ImageData, MissingDataError, RGBImages, Split, cached_uint8, check_split,
                                  require_files, resolve_data_root, validate_image_size)
 from st_sweeps.data.transforms import resize_images
 
@@ -67,7 +67,7 @@ def read_resized(paths: list[Path], image_size: int) -> Tensor:
 
 @Dataset.registry.register("stl10")
 @dataclass(frozen=True)
-class STL10(Dataset):
+class STL10(RGBImages):
     """STL-10 at image_size (48 in the paper), train split = train (+ unlabeled) images."""
 
     image_size: int = 48
@@ -76,14 +76,6 @@ class STL10(Dataset):
 
     def __post_init__(self) -> None:
         validate_image_size(self.image_size, NATIVE_SIZE, "STL-10 images are 96×96")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
-
-    @property
-    def discrete(self) -> bool:
-        return True
 
     def files(self, split: Split) -> list[str]:
         if split == "test":
