@@ -18,9 +18,12 @@ venv: .venv/.installed
 sweep: venv
 	$(PY) -m st_sweeps.tune $(SPACE) $(ARGS)
 
+# two pytest workers (TEST_WORKERS=1 for one): the Ray tests share one of them (tests/conftest.py)
+TEST_WORKERS ?= 2
+
 test: venv
 	bash scripts/browser_deps.sh
-	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not ray and not browser" $(PYTEST_ARGS)

@@ -36,7 +36,8 @@ SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 2, "train": {"steps": 2, "eval_every_steps": 0, "log_every_steps": 1},
               "eval": {"nll_examples": 2, "num_samples": 0, "sample_quality": "none"}, "concurrent": [1]},
     "quick": {"trials": 4, "train": {"steps": 40, "eval_every_steps": 20},
-              "eval": {"nll_examples": 16, "num_samples": 8, "sampler_steps": 20}, "concurrent": [1]},
+              "eval": {"nll_examples": 16, "num_samples": 8, "sampler": {"name": "euler_maruyama", "n_steps": 20}},
+              "concurrent": [1]},
     "full": {"trials": 8, "train": {}, "eval": {}, "concurrent": [1, 2]},  # prior.yaml as shipped
 }
 

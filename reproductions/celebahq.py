@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without `pip install -e .`
 
-from st_sweeps.reproduce import entry_point  # noqa: E402
+from st_sweeps.reproduce.cli import entry_point  # noqa: E402
 
 if __name__ == "__main__":
     entry_point("celebahq")

@@ -19,8 +19,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import require
-from st_sweeps.registry import Registry
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
+
+from st_sweeps.files import write_atomic
 
 _NAME = re.compile(r"^step_(\d{9})\.pt$")
 DAMAGED_SUFFIX = ".damaged"
@@ -43,35 +44,14 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     a crash, a kill or a full disk mid-write leaves the previous checkpoint intact (a failed
     write raises OSError naming the checkpoint, with the original errno)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None:
-            raise OSError(e.errno, f"checkpoint not written ({e.strerror or e}); the earlier checkpoints "
-                          "in its folder are untouched", str(path)) from e
-        raise
-    _fsync_directory(path.parent)  # the rename itself survives a power cut
+        write_atomic(path, lambda tmp: torch.save(state, tmp), durable=True)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, f"checkpoint not written ({e.strerror or e}); the earlier checkpoints "
+                      "in its folder are untouched", str(path)) from e
     return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:

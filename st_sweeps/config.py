@@ -20,9 +20,10 @@ from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 import yaml
 
 from st_sweeps.errors import ConfigError
-from st_sweeps.registry import Registry
+from st_sweeps.registry import NameRegistry
 
 D = TypeVar("D")
+T = TypeVar("T")
 
 _MISSING = dataclasses.MISSING
 
@@ -123,6 +124,11 @@ def load_dataclass(cls: type[D], data: Any, path: str = "") -> D:
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields), key=str)
+    moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})
+    for key in unknown:
+        if key in moved:  # a file written for an older layout: say where the setting lives now
+            raise ConfigError(_join(path, str(key)), f"has moved to {_join(path, moved[key])}",
+                              f"{_join(path, moved[key])}: {data[key]!r}")
     if unknown:
         raise ConfigError(_join(path, str(unknown[0])), "unknown key", sorted(fields) or "no keys besides 'name'")
     kwargs = {}
@@ -167,7 +173,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _is_registry(tp: Any) -> bool:
-    return isinstance(tp, type) and isinstance(getattr(tp, "registry", None), Registry)
+    return isinstance(tp, type) and isinstance(getattr(tp, "registry", None), NameRegistry)
 
 
 def _entry_class(tp: Any, node: Mapping[str, Any]) -> type | None:
@@ -285,3 +291,30 @@ def load_file(cls: type[D], path: str | Path, overrides: list[str] | Mapping[str
 
 def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
+class Registry(NameRegistry[T]):
+    """A registry whose entries build from YAML: ``prior: {name: power_law, k: 1.5}``."""
+
+    def build(self, spec: Any, field: str) -> T:
+        """Instance from ``{name: ..., **hyperparameters}`` (or a bare name string); unknown names
+        and unknown or ill-typed fields raise ConfigError naming ``field``."""
+        resolved = self.resolve(spec, field)
+        if not isinstance(resolved, tuple):
+            return resolved  # already built
+        cls, params = resolved
+        try:
+            return load_dataclass(cls, params, field)
+        except ConfigError as e:
+            if e.problem != "unknown key":
+                raise
+            # a setting of another entry (an ODE tolerance on a pc sampler): name the entry chosen
+            raise ConfigError(e.field, f"not a setting of {self.kind} {cls.registry_name!r}",  # type: ignore[attr-defined]
+                              e.allowed) from None
+
+
+def to_spec(obj: Any) -> dict[str, Any]:
+    """The YAML mapping that builds ``obj`` again (inverse of ``Registry.build``)."""
+    out: dict[str, Any] = {"name": obj.registry_name}
+    out.update(to_dict(obj))
+    return out

@@ -31,7 +31,6 @@ import functools
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,8 @@ from torch_fidelity import FeatureExtractorBase, calculate_metrics, register_fea
 from torch_fidelity.metric_fid import KEY_METRIC_FID
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from st_sweeps.files import write_atomic
 
 CACHE_ENV = "ST_SWEEPS_FID_CACHE"  # the same variable as the FID statistics' cache (st_sweeps.evaluate)
 EXTRACTOR_NAME = "st-sweeps-digits-cnn"
@@ -188,16 +189,7 @@ def classifier_path(cache_dir: str | os.PathLike | None = None, spec: Classifier
         return path
     model, acc = train_classifier(spec)
     payload = {"state_dict": model.state_dict(), "spec": asdict(spec), **acc}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[DigitClassifier, dict[str, Any]]:

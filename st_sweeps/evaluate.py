@@ -21,10 +21,10 @@ from st_sweeps import dist
 from st_sweeps.data import ImageData
 from st_sweeps.data.transforms import to_model_space, to_uint8
 from st_sweeps.experiment import ExperimentConfig
+from st_sweeps.fid import INCEPTION_WEIGHTS_ENV, inception_weights_path
 from st_sweeps.plots import save_image_grid, save_scatter
 from st_sweeps.seeding import generator
 
-INCEPTION_WEIGHTS_ENV = "ST_SWEEPS_INCEPTION_WEIGHTS"
 FID_CACHE_ENV = "ST_SWEEPS_FID_CACHE"
 
 
@@ -53,7 +53,7 @@ def likelihood_metrics(config: ExperimentConfig, model: nn.Module, test_data: Im
     x0 = to_model_space(test_data.images[rows], generator(config.seed, "eval", "data"), centered=config.data.centered,
                         flip=False, dequantize=False).to(device)
     lik = LikelihoodConfig(eps=config.truncation.eps, rtol=ev.nll_rtol, atol=ev.nll_atol, trace=ev.nll_trace,
-                           n_probes=ev.nll_probes, n_repeats=ev.nll_repeats)
+                           n_probes=ev.nll_probes, n_repeats=ev.nll_repeats, solver=ev.nll_solver)
     common = dict(discrete=test_data.discrete, centered=config.data.centered, prior_logp=terminal_prior.log_prob)
     nll = nll_bits_per_dim(model, config.sde, x0, lik, generator=generator(config.seed, "eval", "nll", dist.rank()),
                            **common)
@@ -140,29 +140,21 @@ def combine_over_ranks(local: dict[str, float], device: torch.device) -> dict[st
 
 def draw_samples(config: ExperimentConfig, model: nn.Module, shape: tuple[int, ...], terminal_prior: Any,
                  device: torch.device) -> tuple[torch.Tensor, int]:
-    from st_sweeps.sampling import SamplerConfig, sample
+    from st_sweeps.sampling import sample
 
     ev = config.eval
     n_local = ev.num_samples // dist.world_size()
-    sampler = SamplerConfig(name=ev.sampler, n_steps=ev.sampler_steps, predictor=ev.predictor, corrector=ev.corrector,
-                            snr=ev.snr, n_corrector_steps=ev.corrector_steps, eps=ev.sample_eps, rtol=ev.nll_rtol,
-                            atol=ev.nll_atol)
     out = []
     nfe = 0
     gen = generator(config.seed, "eval", "samples", dist.rank())
     for start in range(0, n_local, ev.batch_size):
         b = min(ev.batch_size, n_local - start)
-        res = sample(sampler, model, config.sde, (b, *shape), generator=gen, device=device,
+        res = sample(ev.sampler, model, config.sde, (b, *shape), generator=gen, device=device,
                      prior_sample=terminal_prior.sample)
         out.append(res.x.detach())
         nfe = max(nfe, res.nfe)
     x = torch.cat(out) if out else torch.empty((0, *shape), device=device)
     return dist.all_gather_cat(x), nfe
-
-
-def inception_weights_path() -> str | None:
-    """A user-given weights file (env var), else None: torch-fidelity then looks in its own cache."""
-    return os.environ.get(INCEPTION_WEIGHTS_ENV) or None
 
 
 def _fid_cache_dir() -> Path:
@@ -175,9 +167,10 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
     """``eval.sample_quality``: pixel_fd and/or fid (``both``), digits_fd (classifier-feature
     Fréchet distance and KID, 8×8 digits: ``st_sweeps.digits_fd``), gmm_exact (exact density and
     two-sample tests on mixture data: ``st_sweeps.gmm_quality``), or none."""
-    from st_sweeps.fid import compute_fid, missing_weights_message, pixel_frechet_distance, reference_stats
+    from st_sweeps.fid import compute_fid, fetch_missing_weights, pixel_frechet_distance, reference_stats
 
-    want = config.eval.sample_quality
+    quality = config.eval.sample_quality
+    want = quality.name
     metrics: dict[str, float] = {}
     ref_raw = train_data.images
     if train_data.discrete:
@@ -185,7 +178,7 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
         ref = ref_raw
     else:
         gen_u8, ref = samples.cpu().float(), ref_raw.float()
-    if want in ("pixel_fd", "both"):
+    if quality.pixel_fd:
         metrics["eval/pixel_fd"] = float(pixel_frechet_distance(gen_u8, ref))
     if want == "digits_fd":  # the config allows it for the 8×8 digits only
         from st_sweeps.digits_fd import digits_fd
@@ -200,23 +193,23 @@ def sample_quality_metrics(config: ExperimentConfig, samples: torch.Tensor, trai
         metrics.update(gmm_quality(train_data.mixture, samples.cpu(),
                                    generator(config.seed, "eval", "gmm_reference")).as_metrics())
     metrics.update(fd_stderr_metrics(metrics, gen_u8, ref, generator(config.seed, "eval", "fd_bootstrap")))
-    if want in ("fid", "both"):
+    if quality.fid:
         if not train_data.discrete:
             tracker.set_tags({"eval/fid_missing_reason": "FID needs 8-bit image data"})
         else:
             cache = _fid_cache_dir()
             weights = inception_weights_path()
-            missing = missing_weights_message(weights)
+            missing = fetch_missing_weights(weights)  # downloads them where there is internet
             if missing is not None:
                 missing += f" For st_sweeps runs, setting {INCEPTION_WEIGHTS_ENV}=/path/to/that/file also works."
             if missing is not None:  # recorded as missing, with the how-to; never a number
                 tracker.set_tags({"eval/fid_missing_reason": missing})
                 _warn_once(missing)
             else:
-                n_ref = config.eval.fid_reference_examples or len(ref)
+                n_ref = quality.reference_examples or len(ref)
                 stats = reference_stats(ref[:n_ref], cache, key=f"{train_data.name}-train", weights_path=weights)
                 # also the Inception Score, from the same Inception pass
-                fid = compute_fid(gen_u8, stats, weights_path=weights, is_splits=config.eval.inception_score_splits)
+                fid = compute_fid(gen_u8, stats, weights_path=weights, is_splits=quality.inception_score_splits)
                 metrics.update({k: float(v) for k, v in fid.as_metrics().items()})
                 if fid.value is None:
                     tracker.set_tags({"eval/fid_missing_reason": fid.missing_reason})

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 from st_sweeps.aux_prior import AuxPrior
 from st_sweeps.config import dump_yaml, flatten, load_dataclass, load_file, to_dict
 from st_sweeps.data import Dataset
 from st_sweeps.errors import ConfigError, require, require_positive, require_range
-from st_sweeps.inception_score import DEFAULT_SPLITS
 from st_sweeps.networks import Network
 from st_sweeps.objectives import Objective
+from st_sweeps.sample_quality import PixelFD, SampleQuality
+from st_sweeps.sampling import PCSampler, Sampler
 from st_sweeps.sde import SDE, VPSDE
 from st_sweeps.truncation import Truncation
 
@@ -90,12 +91,6 @@ class TrainConfig:
 
 
 DEQUANTIZATIONS: tuple[str, ...] = ("uniform", "variational")
-SAMPLE_QUALITIES: tuple[str, ...] = ("pixel_fd", "fid", "both", "digits_fd", "gmm_exact", "none")
-# sample-quality metrics defined on certain data sets only: digits_fd's classifier knows the 8×8
-# digits; gmm_exact needs the data's exact mixture density
-DATA_SPECIFIC_QUALITIES: dict[str, tuple[str, ...]] = {"digits_fd": ("digits",), "gmm_exact": ("gmm_image", "gmm2d")}
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     nll_examples: int = 64  # test examples for NLL and NELBO (0 skips)
@@ -104,6 +99,10 @@ class EvalConfig:
     nll_probes: int = 1
     nll_rtol: float = 1e-5
     nll_atol: float = 1e-5
+    # scipy_exact: step for step SciPy's RK45 (the published evaluator's solver, one step size per
+    # batch); fast: per-example step sizes (in τ = σ/μ for VE/RVE), batched VJPs: more accurate at
+    # equal tolerances, faster only on the RVE so far (benchmarks/RESULTS.md); st_sweeps/likelihood.py
+    nll_solver: Literal["fast", "scipy_exact"] = "scipy_exact"
     nelbo_repeats: int = 4
     # "variational": also fit q(u|x) on training data against the frozen EMA model's ELBO and report
     # eval/nll_bpd_vardeq and eval/nelbo_bpd_vardeq beside the uniform eval/nll_bpd (8-bit data only)
@@ -113,39 +112,34 @@ class EvalConfig:
     dequantizer_batch_size: int = 64
     dequantizer_hidden: int = 32  # channels (images) or units (flat data) of q's network
     num_samples: int = 64  # samples for the grid and sample-quality figures (0 skips)
-    sampler: Literal["pc", "ode", "euler_maruyama"] = "pc"
-    sampler_steps: int = 1000
-    predictor: Literal["euler_maruyama", "reverse_diffusion", "none"] = "euler_maruyama"
-    corrector: Literal["langevin", "none"] = "none"
-    snr: float = 0.16
-    corrector_steps: int = 1
-    sample_eps: float = 1e-5  # where sampling stops (the paper: 1e-5, 1e-3 at 256 px)
-    # pixel_fd, fid, both (= pixel_fd + fid), digits_fd (classifier-feature FD and KID; 8×8 digits
-    # only), gmm_exact (exact log-density and two-sample tests; mixture data only), none: docs/METRICS.md
-    sample_quality: Literal["pixel_fd", "fid", "both", "digits_fd", "gmm_exact", "none"] = "pixel_fd"
-    fid_reference_examples: int = 0  # training images in the FID reference statistics; 0: all (the paper)
-    # chunks the samples are scored in for the Inception Score (mean and std over chunks): 10 is
-    # torch-fidelity's default, 1 the Soft Truncation / score_sde protocol (all samples as one)
-    inception_score_splits: int = DEFAULT_SPLITS
+    # pc | euler_maruyama | ode, each with its own settings (st_sweeps.sampling.Sampler)
+    sampler: Sampler = field(default_factory=PCSampler)
+    # pixel_fd | fid | both | digits_fd | gmm_exact | none (st_sweeps.sample_quality; docs/METRICS.md)
+    sample_quality: SampleQuality = field(default_factory=PixelFD)
     batch_size: int = 256
 
+    # settings that moved into a nested config: an old file names them, and the error says where
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "sampler_steps": "sampler.n_steps", "predictor": "sampler.predictor", "corrector": "sampler.corrector",
+        "snr": "sampler.snr", "corrector_steps": "sampler.n_corrector_steps", "sample_eps": "sampler.eps",
+        "fid_reference_examples": "sample_quality.reference_examples",
+        "inception_score_splits": "sample_quality.inception_score_splits",
+    }
+
     def __post_init__(self) -> None:
-        for name in ("nll_examples", "num_samples", "fid_reference_examples"):
+        for name in ("nll_examples", "num_samples"):
             require(getattr(self, name) >= 0, name, f"got {getattr(self, name)!r}", "an integer >= 0")
-        for name in ("nll_repeats", "nll_probes", "nelbo_repeats", "sampler_steps", "corrector_steps", "batch_size",
-                     "inception_score_splits"):
+        for name in ("nll_repeats", "nll_probes", "nelbo_repeats", "batch_size"):
             require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
         require_positive(self.nll_rtol, "nll_rtol")
         require_positive(self.nll_atol, "nll_atol")
+        require(self.nll_solver in ("fast", "scipy_exact"), "nll_solver", f"got {self.nll_solver!r}",
+                ("fast", "scipy_exact"))
         require(self.dequantization in DEQUANTIZATIONS, "dequantization", f"got {self.dequantization!r}",
                 DEQUANTIZATIONS)
-        require(self.sample_quality in SAMPLE_QUALITIES, "sample_quality", f"got {self.sample_quality!r}",
-                SAMPLE_QUALITIES)
         for name in ("dequantizer_steps", "dequantizer_batch_size", "dequantizer_hidden"):
             require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
         require_positive(self.dequantizer_lr, "dequantizer_lr")
-        require_positive(self.snr, "snr")
-        require_positive(self.sample_eps, "sample_eps")
 
 
 @dataclass(frozen=True)
@@ -166,8 +160,8 @@ class ExperimentConfig:
         require(bool(self.name) and "/" not in self.name, "name", f"got {self.name!r}",
                 "a non-empty name without '/'")
         self.sde.check_time_range(self.truncation.eps, "truncation.eps")
-        require(self.eval.sample_eps < self.sde.T, "eval.sample_eps",
-                f"{self.eval.sample_eps!r} is not below sde.T={self.sde.T}", f"a number in (0, {self.sde.T})")
+        require(self.eval.sampler.eps < self.sde.T, "eval.sampler.eps",
+                f"{self.eval.sampler.eps!r} is not below sde.T={self.sde.T}", f"a number in (0, {self.sde.T})")
         require(self.eval.dequantization == "uniform" or self.data.dataset.discrete, "eval.dequantization",
                 f"'variational' needs 8-bit data, but data.dataset.name={self.data.dataset.registry_name!r} is "
                 "continuous (its NLL is a density, with no dequantization)", "uniform for continuous data")
@@ -181,12 +175,13 @@ class ExperimentConfig:
 
     def _check_sample_quality(self) -> None:
         """digits_fd and gmm_exact are defined on one kind of data each; refuse the others."""
-        want, data = self.eval.sample_quality, self.data.dataset.registry_name
-        allowed = [q for q in SAMPLE_QUALITIES if data in DATA_SPECIFIC_QUALITIES.get(q, (data,))]
-        for quality, datasets in DATA_SPECIFIC_QUALITIES.items():
-            require(want != quality or data in datasets, "eval.sample_quality",
-                    f"{quality!r} is defined only for data.dataset {' or '.join(map(repr, datasets))}, got {data!r}",
-                    allowed)
+        quality, data = self.eval.sample_quality, self.data.dataset.registry_name
+        if quality.datasets is not None and data not in quality.datasets:
+            allowed = [name for name in SampleQuality.registry.names()
+                       if SampleQuality.registry.get(name).datasets in (None,) or
+                       data in (SampleQuality.registry.get(name).datasets or ())]
+            raise ConfigError("eval.sample_quality", f"{quality.name!r} is defined only for data.dataset "
+                              f"{' or '.join(map(repr, quality.datasets))}, got {data!r}", allowed)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | Mapping[str, Any] = ()) -> ExperimentConfig:

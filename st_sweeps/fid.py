@@ -13,9 +13,14 @@ unbiased (N − 1) covariance, in float64. The same forward pass also returns th
 (``st_sweeps.inception_score``), so sample-quality evaluation runs Inception once.
 
 Weights: torch-fidelity's own cache file ``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``
-(``torch.hub.get_dir()/checkpoints/…``) or an explicit ``weights_path``. This module never downloads:
-when no weights file exists it returns a missing value with a message saying where to put the file,
-never a number (a missing FID must not look like a score).
+(``torch.hub.get_dir()/checkpoints/…``) or an explicit ``weights_path``. Evaluation never downloads:
+when no weights file exists it returns a missing value with a message saying where to put the file
+and how to fetch it, never a number (a missing FID must not look like a score). Fetching is an
+explicit step, ``download_inception_weights`` (``python -m st_sweeps.fid download``, or a
+reproduction's ``--prepare``): torch-fidelity's URL through ``torch.hub.download_url_to_file``, the
+function torch-fidelity's own download ends in (same progress bar, same cache file), or
+``<$ST_SWEEPS_MIRROR>/<file name>`` when a mirror is set (torch-fidelity has no setting for its URL).
+The file is kept only once it loads into torch-fidelity's Inception.
 
 ``pixel_frechet_distance`` is the same Fréchet distance on raw pixel vectors (key
 ``eval/pixel_fd``): not FID and not comparable with published numbers, but available on a fresh
@@ -24,24 +29,43 @@ machine without weights, so a sweep always has a sample-quality objective.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import os
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from st_sweeps.files import write_atomic
 from st_sweeps.inception_score import DEFAULT_SPLITS, inception_score_from_logits
 
+if TYPE_CHECKING:
+    from st_sweeps.data.download import Mirror
+
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# torch-fidelity's URL_INCEPTION_V3 (the download reads it from torch-fidelity; a test checks they agree)
 INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                          + INCEPTION_WEIGHTS_FILE)
+DOWNLOAD_COMMAND = "python -m st_sweeps.fid download"
+DOWNLOAD_TIMEOUT_S = 30.0  # per network operation, not for the whole file
 FEATURE_EXTRACTOR = "inception-v3-compat"
 FEATURE_LAYER = "2048"
 LOGITS_LAYER = "logits_unbiased"  # what torch-fidelity's isc reads
+
+INCEPTION_WEIGHTS_ENV = "ST_SWEEPS_INCEPTION_WEIGHTS"
+
+
+def inception_weights_path() -> str | None:
+    """A user-given weights file (env var), else None: torch-fidelity then looks in its own cache."""
+    return os.environ.get(INCEPTION_WEIGHTS_ENV) or None
 
 
 # --- the Fréchet distance itself (pure) --------------------------------------------------
@@ -158,12 +182,14 @@ def missing_weights_message(weights_path: str | os.PathLike | None) -> str | Non
         if Path(weights_path).is_file():
             return None
         return (f"FID not computed: Inception weights file {str(weights_path)!r} (fid weights_path) does not exist. "
-                f"Put torch-fidelity's {INCEPTION_WEIGHTS_FILE} there (from {INCEPTION_WEIGHTS_URL}), or unset "
+                f"Put torch-fidelity's {INCEPTION_WEIGHTS_FILE} there (from {INCEPTION_WEIGHTS_URL}; "
+                f"`{DOWNLOAD_COMMAND} --to {weights_path}` fetches it where there is internet), or unset "
                 f"weights_path to use torch-fidelity's cache {default_weights_path()}.")
     default = default_weights_path()
     if default.is_file():
         return None
-    return (f"FID not computed: no Inception weights. Download {INCEPTION_WEIGHTS_URL} on a machine with internet "
+    return (f"FID not computed: no Inception weights. Run `{DOWNLOAD_COMMAND}` where this machine has internet "
+            f"(or a mirror: $ST_SWEEPS_MIRROR), or download {INCEPTION_WEIGHTS_URL} elsewhere "
             f"and copy it to {default} (torch-fidelity's cache: $TORCH_HOME/hub/checkpoints/, TORCH_HOME "
             f"defaults to ~/.cache/torch), or pass weights_path=/path/to/{INCEPTION_WEIGHTS_FILE} "
             "(torch-fidelity's feature_extractor_weights_path).")
@@ -174,6 +200,98 @@ def resolve_weights_path(weights_path: str | os.PathLike | None = None) -> Path 
     if missing_weights_message(weights_path) is not None:
         return None
     return Path(weights_path) if weights_path is not None else default_weights_path()
+
+
+class InceptionDownloadFailed(OSError):
+    """The weights could not be fetched or were not torch-fidelity's Inception; the message says
+    which file, where it belongs and where to get it by hand."""
+
+
+def torch_fidelity_weights_url() -> str:
+    """torch-fidelity's own URL for the weights, read from torch-fidelity."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return URL_INCEPTION_V3
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub's download takes no timeout: bound every socket operation it makes instead, so an
+    unreachable host fails in seconds rather than after the system's minutes-long TCP retries."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def download_inception_weights(dest: str | os.PathLike | None = None, *, mirror: Mirror | None = None,
+                               progress: bool = True, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Fetch torch-fidelity's Inception weights to ``dest`` (default: torch-fidelity's cache file,
+    ``default_weights_path()``) unless the file is there already; returns the path.
+
+    The download goes through ``torch.hub.download_url_to_file`` (what torch-fidelity's
+    ``load_state_dict_from_url`` calls, with its progress bar on stderr) into a temporary file beside
+    ``dest``; it is checked against the mirror's checksum list when it names the file (torch-fidelity
+    publishes no checksum) and by loading it into torch-fidelity's Inception, and renamed to ``dest``
+    only then. Raises ``InceptionDownloadFailed`` (the file, where it belongs, the URL) otherwise.
+    """
+    from st_sweeps.data.download import DOWNLOAD_ERRORS, source_of, verify_checksum
+
+    dest = Path(dest) if dest is not None else default_weights_path()
+    if dest.is_file():
+        return dest
+    url, checksum = source_of(torch_fidelity_weights_url(), INCEPTION_WEIGHTS_FILE, None, mirror)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".unverified")
+    os.close(fd)
+    try:
+        print(f"Downloading torch-fidelity's Inception weights from {url} to {dest}", file=sys.stderr, flush=True)
+        with _socket_timeout(timeout_s):
+            torch.hub.download_url_to_file(url, tmp, progress=progress)
+        verify_checksum(Path(tmp), checksum, url)
+        try:  # torch-fidelity loads the state dict strictly: same keys and shapes, or an error
+            load_inception(tmp)
+        except Exception as e:  # any load failure means: not the weights
+            raise ValueError(f"{url} did not give torch-fidelity's Inception weights ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
+        os.replace(tmp, dest)
+    except (*DOWNLOAD_ERRORS, RuntimeError) as e:
+        raise InceptionDownloadFailed(
+            f"Inception weights not downloaded: {type(e).__name__}: {e}. FID needs {INCEPTION_WEIGHTS_FILE}: "
+            f"download {INCEPTION_WEIGHTS_URL} where there is internet and put it at {dest}"
+            + ("" if dest != default_weights_path() else " (torch-fidelity's cache, $TORCH_HOME/hub/checkpoints/)")
+            + ", or point $ST_SWEEPS_INCEPTION_WEIGHTS at it.") from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return dest
+
+
+OFFLINE_ENV = "ST_SWEEPS_OFFLINE"  # set (to anything but 0): never try the network for the weights
+_FAILED_DOWNLOADS: dict[str, str] = {}  # destination -> why its download failed (once per process)
+
+
+def fetch_missing_weights(weights_path: str | os.PathLike | None = None) -> str | None:
+    """None when the weights are there, downloading them first (torch-fidelity's URL, or the
+    mirror of ``$ST_SWEEPS_MIRROR``) if they are missing, which is tried once per process and never
+    with ``$ST_SWEEPS_OFFLINE`` set; else the missing-weights message with why the download failed.
+    FID is then a missing value, as before."""
+    missing = missing_weights_message(weights_path)
+    if missing is None:
+        return None
+    if os.environ.get(OFFLINE_ENV, "0") not in ("", "0"):
+        return missing + f" (${OFFLINE_ENV} is set: no download tried)"
+    dest = str(weights_path) if weights_path is not None else str(default_weights_path())
+    if dest not in _FAILED_DOWNLOADS:
+        from st_sweeps.data.download import DOWNLOAD_ERRORS, mirror_from
+
+        try:
+            download_inception_weights(weights_path, mirror=mirror_from())
+            return None
+        except (InceptionDownloadFailed, *DOWNLOAD_ERRORS) as e:
+            _FAILED_DOWNLOADS[dest] = str(e).split(". FID needs")[0]
+    return f"{missing} (the download failed: {_FAILED_DOWNLOADS[dest]})"
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -250,16 +368,8 @@ class ReferenceStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomic write (temporary file in the same directory, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), weights_id=np.str_(self.weights_id))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda tmp: np.savez(tmp, mu=self.mu, sigma=self.sigma, n=np.int64(self.n),
+                                                weights_id=np.str_(self.weights_id)), suffix=".npz")
 
     @staticmethod
     def load(path: str | os.PathLike) -> "ReferenceStats":
@@ -393,3 +503,40 @@ def compute_fid(generated_uint8: Tensor, reference: ReferenceStats | Tensor,
     is_mean, is_std, is_reason = inception_score_or_reason(logits, is_splits)
     return FidResult(frechet_distance(mu_g, sigma_g, reference.mu, reference.sigma), None, n_gen, n_ref,
                      is_mean, is_std, is_reason)
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m st_sweeps.fid download``: fetch the Inception weights FID needs."""
+    from st_sweeps.data.download import DOWNLOAD_ERRORS, MIRROR_CHECKSUMS_ENV, MIRROR_ENV, NO_CHECKSUMS, mirror_from
+
+    parser = argparse.ArgumentParser(prog="python -m st_sweeps.fid", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dl = sub.add_parser("download", help=f"download {INCEPTION_WEIGHTS_FILE} unless it is there")
+    dl.add_argument("--to", default=None,
+                    help=f"weights file (default: $ST_SWEEPS_INCEPTION_WEIGHTS, else torch-fidelity's cache, "
+                         f"{default_weights_path()})")
+    dl.add_argument("--mirror", default=None, metavar="URL",
+                    help=f"base URL serving {INCEPTION_WEIGHTS_FILE} (default: ${MIRROR_ENV}, "
+                         "else torch-fidelity's URL)")
+    dl.add_argument("--mirror-checksums", default=None, metavar=f"FILE|{NO_CHECKSUMS}",
+                    help=f"md5sum/sha256sum-style list for the mirror's files (default: ${MIRROR_CHECKSUMS_ENV})")
+    dl.add_argument("--timeout", type=float, default=DOWNLOAD_TIMEOUT_S, help="network timeout in seconds")
+    args = parser.parse_args(argv)
+    try:
+        mirror = mirror_from(args.mirror, args.mirror_checksums)
+    except DOWNLOAD_ERRORS as e:
+        parser.error(f"--mirror-checksums: {e}")
+    try:
+        path = download_inception_weights(args.to or inception_weights_path(), mirror=mirror, timeout_s=args.timeout)
+    except InceptionDownloadFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"Inception weights: {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

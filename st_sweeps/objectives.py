@@ -34,8 +34,8 @@ from typing import Callable, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import require
-from st_sweeps.registry import Registry
 from st_sweeps.sde import broadcast_to, perturb_with
 from st_sweeps.truncation import TimeSampler, UniformSampler
 from st_sweeps.weighting import ImportanceLikelihoodWeighting, VarianceWeighting, Weighting

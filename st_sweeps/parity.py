@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m st_sweeps.parity [DATASET ...]``: write reproductions/parity/<dataset>_weights.png."""
     import argparse
 
-    from st_sweeps.reproduce import DATASETS, load_manifest, manifest_path
+    from st_sweeps.reproduce.manifest import DATASETS, load_manifest, manifest_path
 
     parser = argparse.ArgumentParser(prog="python -m st_sweeps.parity", description=main.__doc__)
     parser.add_argument("datasets", nargs="*", metavar="DATASET", default=list(DATASETS),

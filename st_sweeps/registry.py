@@ -1,7 +1,9 @@
 """Registries keyed by the names YAML uses, e.g. ``prior: {name: power_law, k: 1.5}``.
 
-An entry is a frozen dataclass of hyperparameters. ``Registry.build`` turns a YAML mapping into
-an instance, refusing unknown names and unknown fields with a message that lists what exists.
+An entry is a frozen dataclass of hyperparameters. ``NameRegistry`` maps names to entry classes
+and refuses unknown names with a message that lists what exists; ``st_sweeps.config.Registry``
+adds ``build``, which turns a YAML mapping into an instance (and refuses unknown fields), so
+this module needs nothing from the config loader.
 Validation of values lives in each dataclass's ``__post_init__`` (raising ConfigError).
 """
 
@@ -15,7 +17,9 @@ from st_sweeps.errors import ConfigError
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
+class NameRegistry(Generic[T]):
+    """Names to entry classes. ``st_sweeps.config.Registry`` adds building entries from YAML."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, type] = {}
@@ -43,13 +47,15 @@ class Registry(Generic[T]):
             raise ConfigError(field, f"unknown {self.kind} {name!r}", self.names())
         return self._entries[name]
 
-    def build(self, spec: Any, field: str) -> T:
-        """Instance from ``{name: ..., **hyperparameters}`` (or a bare name string)."""
+    def resolve(self, spec: Any, field: str) -> tuple[type, dict[str, Any]] | T:
+        """The entry class and its hyperparameters named by ``{name: ..., **hyperparameters}`` (or
+        a bare name string), or ``spec`` itself when it already is an entry. Building the instance
+        from them is ``st_sweeps.config``'s job (``Registry.build`` there)."""
         if isinstance(spec, str):
             spec = {"name": spec}
         if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
             if type(spec).__name__ in {c.__name__ for c in self._entries.values()} or type(spec) in self._entries.values():
-                return spec  # already built
+                return spec  # type: ignore[return-value]
             raise ConfigError(field, f"expected a {self.kind}, got a {type(spec).__name__}", self.names())
         if not isinstance(spec, Mapping):
             raise ConfigError(field, f"expected a mapping with a 'name' key, got {type(spec).__name__}",
@@ -57,16 +63,4 @@ class Registry(Generic[T]):
         if "name" not in spec:
             raise ConfigError(f"{field}.name", f"missing {self.kind} name", self.names())
         cls = self.get(spec["name"], f"{field}.name")
-        params = {k: v for k, v in spec.items() if k != "name"}
-        from st_sweeps.config import load_dataclass  # local: config imports registries
-
-        return load_dataclass(cls, params, field)
-
-
-def to_spec(obj: Any) -> dict[str, Any]:
-    """The YAML mapping that builds ``obj`` again (inverse of ``Registry.build``)."""
-    from st_sweeps.config import to_dict
-
-    out: dict[str, Any] = {"name": obj.registry_name}
-    out.update(to_dict(obj))
-    return out
+        return cls, {k: v for k, v in spec.items() if k != "name"}

@@ -1,7 +1,9 @@
 """What a finished sweep tells: trials ranked by objective, the Pareto front, the best config.
 
 Plain data in, text and files out (no Ray, no MLflow): ``tune`` turns Tune's results into
-``TrialRow``s and logs the files written here into the sweep's parent MLflow run.
+``TrialRow``s and logs the files written here into the sweep's parent MLflow run. The sweep's
+pictures are Optuna's plots of its study (``tune.write_figures``); ``draw_over_front`` adds the
+trials' standard errors and the baseline to its Pareto front.
 
 Ranking: completed trials first, then trials ASHA stopped early (their values come from fewer
 steps, so they are not comparable with completed ones), then failed ones. Within a group, one
@@ -405,55 +407,33 @@ def to_csv(ranked: Sequence[TrialRow], objectives: Sequence[Objective], keys: Se
 
 
 # ------------------------------------------------------------------------------------ plot
-def plot_pareto(ranked: Sequence[TrialRow], objectives: Sequence[Objective], path: str | Path,
-                title: str = "") -> Path:
-    """Scatter of the first two objectives with each trial's ± standard errors as bars: completed
-    trials, the front joined as a staircase, the baseline's replicates as squares, trials stopped
-    early in grey (their values are from fewer steps)."""
-    from matplotlib.figure import Figure
-
-    path = Path(path)
+def draw_over_front(ax: Any, ranked: Sequence[TrialRow], objectives: Sequence[Objective]) -> None:
+    """What a Pareto-front plot of the first two objectives (Optuna's, in ``tune``) cannot know,
+    drawn over it on ``ax``: each completed trial's ± standard errors as bars, the baseline's
+    replicates as squares, and the front's trial ids."""
     a, b = objectives[0], objectives[1]
-    fig = Figure(figsize=(6, 4.5), dpi=110)
-    ax = fig.add_subplot()
+    done = [r for r in ranked if r.status == "completed" and _finite(r.values.get(a.metric))
+            and _finite(r.values.get(b.metric))]
 
-    def points(rows: Sequence[TrialRow]) -> list[tuple[float, float, float, float]]:
-        pts = [(r.values.get(a.metric, math.nan), r.values.get(b.metric, math.nan),
-                r.stderrs.get(a.metric, 0.0), r.stderrs.get(b.metric, 0.0)) for r in rows]
-        return [(x, y, ex if _finite(ex) else 0.0, ey if _finite(ey) else 0.0) for x, y, ex, ey in pts
-                if math.isfinite(x) and math.isfinite(y)]
+    def err(r: TrialRow, o: Objective) -> float:
+        e = r.stderrs.get(o.metric, 0.0)
+        return e if _finite(e) else 0.0
 
-    def bars(rows: Sequence[TrialRow], **style: Any) -> None:
-        pts = points(rows)
-        if pts:
-            x, y, ex, ey = (list(c) for c in zip(*pts))
-            ax.errorbar(x, y, xerr=ex, yerr=ey, linestyle="none", capsize=2, elinewidth=0.8, **style)
-
-    pruned = [r for r in ranked if r.status == "pruned"]
-    base = [r for r in ranked if r.status == "completed" and r.is_baseline]
-    done = [r for r in ranked if r.status == "completed" and r.pareto_rank != 1 and not r.is_baseline]
-    front = sorted(pareto_front(ranked), key=lambda r: a.key(r.values.get(a.metric, math.nan)))
-    if pruned:
-        ax.scatter([p[0] for p in points(pruned)], [p[1] for p in points(pruned)], marker="x", color="0.6",
-                   label="stopped early (ASHA)")
-    bars(done, marker="o", color="tab:blue", alpha=0.7, label="completed")
-    if front:
-        pts = points(front)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:red", drawstyle="steps-post")
-        bars([r for r in front if not r.is_baseline], marker="o", color="tab:red", label="Pareto front")
-        for r, p in zip(front, pts):
-            ax.annotate(r.trial_id, (p[0], p[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    bars(base, marker="s", color="tab:green", label="baseline (a square per seed)")
-    ax.set_xlabel(f"{a.metric} ({a.mode})")
-    ax.set_ylabel(f"{b.metric} ({b.mode})")
-    ax.set_title(title or "Pareto front" + (f" (first two of {len(objectives)} objectives)" if len(objectives) > 2 else ""))
-    ax.grid(alpha=0.3)
+    if done:
+        ax.errorbar([r.values[a.metric] for r in done], [r.values[b.metric] for r in done],
+                    xerr=[err(r, a) for r in done], yerr=[err(r, b) for r in done], linestyle="none",
+                    color="0.3", capsize=2, elinewidth=0.8, zorder=0)
+    base = [r for r in done if r.is_baseline]
+    if base:
+        ax.scatter([r.values[a.metric] for r in base], [r.values[b.metric] for r in base], marker="s",
+                   facecolors="none", edgecolors="tab:green", s=80, label="baseline (a square per seed)")
+    for r in done:
+        if r.pareto_rank == 1:
+            ax.annotate(r.trial_id, (r.values[a.metric], r.values[b.metric]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, "bars: ± standard error of each trial's own evaluation", fontsize=7, color="0.4")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    ax.figure.text(0.01, -0.01, "bars: ± standard error of each trial's own evaluation", fontsize=7, color="0.4",
+                   va="top")  # below the axis label (the figure is saved with a tight bounding box)
 
 
 # ------------------------------------------------------------------------------------ best config
@@ -469,5 +449,5 @@ def best_config_text(config_yaml: str, row: TrialRow, objectives: Sequence[Objec
 
 __all__ = ["Objective", "TrialRow", "Baseline", "Difference", "stderr_key", "pareto_ranks", "rank_trials",
            "pareto_front", "best_trial", "best_on", "baselines", "difference", "versus_baseline", "mark_within_noise",
-           "noise_lines", "comparison_metrics", "format_table", "format_markdown", "to_csv", "plot_pareto",
+           "noise_lines", "comparison_metrics", "format_table", "format_markdown", "to_csv", "draw_over_front",
            "best_config_text"]

@@ -55,21 +55,21 @@ predictor is "none" and c = 1 unless the corrector is "none".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import ConfigError, require, require_positive
 from st_sweeps.ode_solver import solve_ode
-from st_sweeps.sde import SDE, ReciprocalVESDE, broadcast_to
+from st_sweeps.sde import SDE, broadcast_to
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 PriorSampler = Callable[[int, torch.Generator], Tensor]
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "none")
 CORRECTORS = ("langevin", "none")
-SAMPLERS = ("pc", "ode", "euler_maruyama")
 SPACINGS = ("auto", "linear", "reciprocal")
 LANGEVIN_NORMS = ("example", "batch")
 
@@ -101,23 +101,19 @@ def _scalar(fn: Callable[[Tensor], Tensor], t: float) -> float:
 # --- time grids --------------------------------------------------------------------------
 
 
-def is_reciprocal(sde: SDE) -> bool:
-    return isinstance(sde, ReciprocalVESDE) or getattr(sde, "registry_name", None) == "rve"
-
-
 def time_grid(sde: SDE, n_steps: int, eps: float, T: float | None = None, *,
               spacing: Literal["auto", "linear", "reciprocal"] = "auto") -> Tensor:
     """Times from T down to eps, float64 [n_steps + 1] (first exactly T, last exactly eps).
 
-    ``spacing="auto"``: linear in 1/t for the RVE SDE (uniform in log σ there), linear in t
-    otherwise. "linear" / "reciprocal" force one (used to show why the RVE needs the latter).
+    ``spacing="auto"``: the SDE's ``sampling_time_spacing`` (linear in 1/t for the RVE SDE, which
+    is uniform in log σ there; linear in t otherwise). "linear" / "reciprocal" force one (used to show why the RVE needs the latter).
     """
     T = sde.T if T is None else float(T)
     require(isinstance(n_steps, int) and n_steps >= 1, "n_steps", f"got {n_steps!r}", "an integer >= 1")
     require(0 < eps < T, "eps", f"must lie in (0, T={T}), got {eps!r}", f"0 < eps < {T}")
     require(spacing in SPACINGS, "spacing", f"got {spacing!r}", SPACINGS)
     if spacing == "auto":
-        spacing = "reciprocal" if is_reciprocal(sde) else "linear"
+        spacing = sde.sampling_time_spacing  # type: ignore[assignment]
     if spacing == "linear":
         grid = torch.linspace(T, eps, n_steps + 1, dtype=torch.float64)
     else:
@@ -249,70 +245,123 @@ def sample_ode(score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *, eps: floa
 # --- config ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How to sample. ``pc``: predictor–corrector with ``n_steps`` grid steps; ``euler_maruyama``:
-    shorthand for pc with the Euler–Maruyama predictor and no corrector; ``ode``: probability-flow
-    ODE with adaptive RK45 (rtol, atol). Paper protocol (Kim et al. 2022): VP — euler_maruyama,
-    1,000 steps (or ode, 1e-5); VE/RVE — pc, reverse_diffusion + langevin (snr 0.16, one step),
-    1,000 steps; eps 1e-5; denoise.
+class Sampler:
+    """How to sample: a registry of configs, each with only the settings that apply to it, so that
+    a setting the chosen sampler would ignore is an error (``unknown key``) rather than silence.
+
+    ``pc``: predictor–corrector with ``n_steps`` grid steps; ``euler_maruyama``: the Euler–Maruyama
+    predictor alone; ``ode``: probability-flow ODE with adaptive RK45 (``rtol``, ``atol``). Every
+    sampler stops at ``eps`` and by default takes a final denoising step (``denoise``). Paper
+    protocol (Kim et al. 2022): VP — euler_maruyama, 1,000 steps (or ode at 1e-5); VE/RVE — pc,
+    reverse_diffusion + langevin (snr 0.16, one step), 1,000 steps; eps 1e-5 (1e-3 at 256 px).
     """
 
-    name: Literal["pc", "ode", "euler_maruyama"] = "pc"
+    registry: ClassVar[Registry["Sampler"]] = Registry("sampler")
+    eps: float
+    denoise: bool
+
+    @property
+    def name(self) -> str:
+        return type(self).registry_name  # type: ignore[attr-defined]
+
+    def _check_common(self) -> None:
+        # eps < T is checked against the SDE in ``sample`` and by the experiment config
+        require(self.eps > 0, "eps", f"got {self.eps!r}", "a number in (0, T); usually 1e-5 (1e-3 at 256 px)")
+        require(isinstance(self.denoise, bool), "denoise", f"got {self.denoise!r}", "true, false")
+
+    def expected_nfe(self) -> int | None:
+        """Score evaluations per sample batch (None for the adaptive ODE sampler)."""
+        raise NotImplementedError
+
+    def run(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], **common: Any) -> SampleResult:
+        raise NotImplementedError
+
+
+def _require_steps(value: int, field: str, low: int) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= low, field,
+            f"got {value!r}", f"an integer >= {low}")
+
+
+@Sampler.registry.register("pc")
+@dataclass(frozen=True)
+class PCSampler(Sampler):
     n_steps: int = 1000
-    predictor: Literal["euler_maruyama", "reverse_diffusion", "none"] = "reverse_diffusion"
-    corrector: Literal["langevin", "none"] = "langevin"
-    snr: float = 0.16
+    predictor: Literal["euler_maruyama", "reverse_diffusion", "none"] = "euler_maruyama"
+    corrector: Literal["langevin", "none"] = "none"
+    snr: float = 0.16  # the Langevin corrector's signal-to-noise ratio
     n_corrector_steps: int = 1
-    eps: float = 1e-5
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    denoise: bool = True
     langevin_norm: Literal["example", "batch"] = "batch"
+    eps: float = 1e-5
+    denoise: bool = True
 
     def __post_init__(self) -> None:
-        require(self.name in SAMPLERS, "name", f"unknown sampler {self.name!r}", SAMPLERS)
+        self._check_common()
         require(self.predictor in PREDICTORS, "predictor", f"got {self.predictor!r}", PREDICTORS)
         require(self.corrector in CORRECTORS, "corrector", f"got {self.corrector!r}", CORRECTORS)
         require(self.langevin_norm in LANGEVIN_NORMS, "langevin_norm", f"got {self.langevin_norm!r}",
                 LANGEVIN_NORMS)
-        for field in ("n_steps", "n_corrector_steps"):
-            v = getattr(self, field)
-            low = 1 if field == "n_steps" else 0
-            require(isinstance(v, int) and not isinstance(v, bool) and v >= low, field,
-                    f"got {v!r}", f"an integer >= {low}")
-        for field in ("snr", "rtol", "atol"):
-            require_positive(getattr(self, field), field)
-        # eps < T is checked against the SDE in ``sample``
-        require(self.eps > 0, "eps", f"got {self.eps!r}", "a number in (0, T); usually 1e-5 (1e-3 at 256 px)")
-        require(isinstance(self.denoise, bool), "denoise", f"got {self.denoise!r}", "true, false")
-        if self.name == "pc" and self.predictor == "none" and (self.corrector == "none" or self.n_corrector_steps == 0):
+        _require_steps(self.n_steps, "n_steps", 1)
+        _require_steps(self.n_corrector_steps, "n_corrector_steps", 0)
+        require_positive(self.snr, "snr")
+        if self.predictor == "none" and (self.corrector == "none" or self.n_corrector_steps == 0):
             raise ConfigError("predictor", "pc needs a predictor or at least one corrector step",
                               ("euler_maruyama", "reverse_diffusion"))
 
-    def expected_nfe(self) -> int | None:
-        """Score evaluations per sample batch (None for the adaptive ODE sampler)."""
-        if self.name == "ode":
-            return None
-        if self.name == "euler_maruyama":
-            return self.n_steps + int(self.denoise)
+    def expected_nfe(self) -> int:
         p = int(self.predictor != "none")
         c = self.n_corrector_steps if self.corrector != "none" else 0
         return self.n_steps * (p + c) + int(self.denoise)
 
+    def run(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], **common: Any) -> SampleResult:
+        return sample_pc(score_fn, sde, shape, n_steps=self.n_steps, predictor=self.predictor,
+                         corrector=self.corrector, snr=self.snr, n_corrector_steps=self.n_corrector_steps,
+                         langevin_norm=self.langevin_norm, eps=self.eps, denoise=self.denoise, **common)
 
-def sample(config: SamplerConfig, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...],
+
+@Sampler.registry.register("euler_maruyama")
+@dataclass(frozen=True)
+class EulerMaruyamaSampler(Sampler):
+    n_steps: int = 1000
+    eps: float = 1e-5
+    denoise: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _require_steps(self.n_steps, "n_steps", 1)
+
+    def expected_nfe(self) -> int:
+        return self.n_steps + int(self.denoise)
+
+    def run(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], **common: Any) -> SampleResult:
+        return sample_pc(score_fn, sde, shape, n_steps=self.n_steps, predictor="euler_maruyama", corrector="none",
+                         n_corrector_steps=0, eps=self.eps, denoise=self.denoise, **common)
+
+
+@Sampler.registry.register("ode")
+@dataclass(frozen=True)
+class ODESampler(Sampler):
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    eps: float = 1e-5
+    denoise: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        require_positive(self.rtol, "rtol")
+        require_positive(self.atol, "atol")
+
+    def expected_nfe(self) -> None:
+        return None
+
+    def run(self, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], **common: Any) -> SampleResult:
+        return sample_ode(score_fn, sde, shape, rtol=self.rtol, atol=self.atol, eps=self.eps, denoise=self.denoise,
+                          **common)
+
+
+def sample(config: Sampler, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...],
            generator: torch.Generator, device: torch.device | str = "cpu",
            prior_sample: PriorSampler | None = None, dtype: torch.dtype = torch.float32) -> SampleResult:
     """Run the sampler ``config`` names."""
     sde.check_time_range(config.eps, "eps")
-    common = dict(eps=config.eps, denoise=config.denoise, generator=generator, device=device,
-                  prior_sample=prior_sample, dtype=dtype)
-    if config.name == "ode":
-        return sample_ode(score_fn, sde, shape, rtol=config.rtol, atol=config.atol, **common)
-    if config.name == "euler_maruyama":
-        return sample_pc(score_fn, sde, shape, n_steps=config.n_steps, predictor="euler_maruyama",
-                         corrector="none", snr=config.snr, n_corrector_steps=0, **common)
-    return sample_pc(score_fn, sde, shape, n_steps=config.n_steps, predictor=config.predictor,
-                     corrector=config.corrector, snr=config.snr, n_corrector_steps=config.n_corrector_steps,
-                     langevin_norm=config.langevin_norm, **common)
+    return config.run(score_fn, sde, shape, generator=generator, device=device, prior_sample=prior_sample,
+                      dtype=dtype)

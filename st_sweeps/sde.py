@@ -19,8 +19,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import require, require_positive
-from st_sweeps.registry import Registry
 
 
 def broadcast_to(v: Tensor, x: Tensor) -> Tensor:
@@ -38,6 +38,9 @@ class SDE:
 
     registry: ClassVar[Registry["SDE"]] = Registry("SDE")
     T: float
+    # How a fixed-step sampler spaces its times from T down to ε: "linear" in t, or "reciprocal"
+    # (linear in 1/t) where the noise scale changes fastest near 0 in t.
+    sampling_time_spacing: ClassVar[str] = "linear"
 
     # --- to implement -----------------------------------------------------------------
     def mean_scale(self, t: Tensor) -> Tensor:  # μ(t), [B]
@@ -228,6 +231,9 @@ class ReciprocalVESDE(SDE):
     sigma_max: float = 50.0
     t_sigma_min: float = 1e-5
     T: float = 1.0
+    # log σ is linear in 1/t: steps even in 1/t are even in log σ (linear steps would spend nearly
+    # all of them at σ ≈ σ_max)
+    sampling_time_spacing: ClassVar[str] = "reciprocal"
 
     def __post_init__(self) -> None:
         require_positive(self.sigma_min, "sigma_min")

@@ -47,20 +47,11 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 from st_sweeps.config import apply_overrides, load_dataclass, parse_override, read_yaml, to_dict
 from st_sweeps.errors import ConfigError, require
 from st_sweeps.experiment import ExperimentConfig
+from st_sweeps.metrics import OBJECTIVES, produced
 
-# Metrics a trial reports at every evaluation that may serve as objectives (Tune and Optuna need
-# each of them in every report, so only keys the evaluation always produces are allowed).
-OBJECTIVE_METRICS: tuple[str, ...] = (
-    "eval/nll_bpd", "eval/nelbo_bpd", "eval/nll_bpd_no_residual", "eval/nelbo_bpd_no_residual",
-    "eval/pixel_fd", "eval/fid", "eval/inception_score", "eval/nfe_nll", "eval/nfe_sampling", "train/loss",
-    "eval/digits_fd", "eval/digits_kid", "eval/gmm_sample_logp", "eval/gmm_energy_distance",
-)
-# objective metrics -> the base eval.sample_quality values that compute them
-_SAMPLE_QUALITY_OF: dict[str, tuple[str, ...]] = {
-    "eval/pixel_fd": ("pixel_fd", "both"), "eval/fid": ("fid", "both"), "eval/inception_score": ("fid", "both"),
-    "eval/digits_fd": ("digits_fd",), "eval/digits_kid": ("digits_fd",),
-    "eval/gmm_sample_logp": ("gmm_exact",), "eval/gmm_energy_distance": ("gmm_exact",),
-}
+# Metrics that may serve as objectives: the declared ones with a direction (st_sweeps.metrics).
+# Tune and Optuna need each in every report, so the base config must compute it (checked below).
+OBJECTIVE_METRICS: tuple[str, ...] = OBJECTIVES
 Mode = Literal["min", "max"]
 SEARCHERS: tuple[str, ...] = ("tpe", "nsga2", "random", "grid")
 SCHEDULERS: tuple[str, ...] = ("asha", "none")
@@ -688,22 +679,13 @@ def _check_against_experiment(base: dict[str, Any], dims: tuple[Dimension, ...]
 
 
 def _check_metrics_available(space: SearchSpace) -> None:
-    ev = space.reference.eval
     wanted = [(f"objectives[{i}].metric", o.metric) for i, o in enumerate(space.objectives)]
     if space.scheduler.name == "asha":
         wanted.append(("scheduler.metric", space.scheduler_metric))
     for where, metric in wanted:
-        if metric.startswith(("eval/nll", "eval/nelbo", "eval/nfe_nll")):
-            require(ev.nll_examples > 0, where, f"{metric} needs base eval.nll_examples > 0",
-                    "a metric the evaluation computes")
-        if metric in _SAMPLE_QUALITY_OF or metric == "eval/nfe_sampling":
-            require(ev.num_samples > 0, where, f"{metric} needs base eval.num_samples > 0",
-                    "a metric the evaluation computes")
-        if metric in _SAMPLE_QUALITY_OF:
-            qualities = _SAMPLE_QUALITY_OF[metric]
-            require(ev.sample_quality in qualities, where,
-                    f"{metric} needs base eval.sample_quality {' or '.join(qualities)}, got {ev.sample_quality!r}",
-                    "a metric the evaluation computes")
+        why = produced(metric, space.reference)
+        require(why is None, where, f"{metric} is not computed by the base config: {why}",
+                "a metric the evaluation computes")
 
 
 def _check_scheduler(space: SearchSpace) -> None:

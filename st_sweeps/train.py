@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "`ray start` left on this machine, else a new local Ray")
     ray_opts.add_argument("--max-failures", type=int, default=0,
                           help="restart the workers from the last checkpoint up to K times after a failure")
+    ray_opts.add_argument("--resource-wait-s", type=float, default=600,
+                          help="how long in all to wait for a cluster that cannot fit the workers (at the start or "
+                               "after a node is lost) before stopping with a message naming what is missing "
+                               "(default: 600; -1: wait for ever, e.g. on an autoscaling cluster)")
     tracking = p.add_argument_group("MLflow")
     tracking.add_argument("--mlflow-uri", help="tracking URI (default with --experiment: $MLFLOW_TRACKING_URI or "
                                                "sqlite:///<cwd>/mlflow.db)")
@@ -110,18 +114,14 @@ def _format_metrics(metrics: Mapping[str, Any] | None) -> str:
 
 
 def run_local(config: ExperimentConfig, args: argparse.Namespace, run_name: str) -> int:
-    from st_sweeps.tracking import MlflowTracker, Tracker, read_jsonl
+    from st_sweeps.tracking import RunIdFile, Tracker, open_remembered_run, read_jsonl
     from st_sweeps.trainer import Trainer
 
     run_dir = Path(args.run_dir or Path(args.storage_path) / run_name).expanduser().resolve()
     tracker: Tracker | None = None
     mlflow = _mlflow(args, config)
     if mlflow is not None:
-        id_file = run_dir / MLFLOW_RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.exists() else None
-        tracker = MlflowTracker(mlflow[0], mlflow[1], run_name=run_name, run_id=run_id or None)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(tracker.run_id + "\n")
+        tracker = open_remembered_run(mlflow[0], mlflow[1], RunIdFile(run_dir / MLFLOW_RUN_ID_FILE), run_name=run_name)
     if args.threads:
         import torch
 
@@ -152,7 +152,7 @@ def run_ray(config: ExperimentConfig, args: argparse.Namespace, run_name: str) -
             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
             max_failures=args.max_failures, num_to_keep=config.train.keep_checkpoints or None,
             data_root=args.data_root, tracking=MlflowTarget(*mlflow) if mlflow else None, run_dir=args.run_dir,
-            address=args.address)
+            address=args.address, resource_wait_s=args.resource_wait_s)
     except SystemExit:
         # Ctrl-C during fit(): Train's SIGINT handler aborts the run, and the interrupted
         # ray.get then raises SystemExit(1) (Ray 2.60); the reported checkpoints are kept
@@ -186,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - one clean line for known training failures, traceback otherwise
-        if type(e).__name__ in ("NonFiniteLossError", "TrainingFailedError", "WorkerGroupError", "ControllerError"):
+        if type(e).__name__ in ("NonFiniteLossError", "TrainingFailedError", "WorkerGroupError", "ControllerError",
+                                "ClusterTooSmallError"):
             print(f"error: training failed: {e}", file=sys.stderr)
             return 1
         raise

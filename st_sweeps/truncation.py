@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import require, require_range
-from st_sweeps.registry import Registry
 
 # P_k with k above this is numerically indistinguishable from a fixed τ = ε: τ/ε − 1 is then
 # about 1/(k − 1) ≤ 1e-4 in distribution. Use the ``fixed`` prior instead of a larger k.

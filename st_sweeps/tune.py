@@ -12,9 +12,11 @@ Layout of a sweep, ``<storage_path>/<name>/``::
     sweep.json           parent MLflow run id, Optuna study name, tracking URI (reused by --resume)
     search_space.yaml    the sweep file as run (after --set); --resume refuses a different one
     mlflow_runs/<trial>  each trial's MLflow run id (a resumed trial logs into the same run)
+    ray_session.json     the local Ray session of the latest driver (--resume stops what a killed one left)
     trial_<id>/          Ray Tune's trial directories; checkpoint_*/ hold one step_*.pt each
     train/<trial>/       Ray Train runs (resources.workers > 1 only)
-    report/              ranking.txt/.csv/.md, best_config.yaml, pareto.csv/.png, optuna.db
+    report/              ranking.txt/.csv/.md, best_config.yaml, Optuna's figures (history, importances,
+                         parallel coordinates per objective; pareto.csv/.png), optuna.db
 
 Bad input is one line ``file: key.path: problem (allowed: ...)`` and exit status 2; an
 interrupted sweep (Ctrl-C) exits 130 and says how to resume; a failure of the driver itself is
@@ -35,7 +37,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 from ray import tune
@@ -45,7 +47,11 @@ from ray.tune.search.optuna import OptunaSearch
 from st_sweeps import report
 from st_sweeps.config import dump_yaml, flatten
 from st_sweeps.errors import ConfigError
+from st_sweeps.files import link_or_copy, prepend_pythonpath
 from st_sweeps.search_space import SearchSpace, apply_params, load_search_space, summary
+
+if TYPE_CHECKING:
+    from st_sweeps.tracking import LatestMetrics
 
 # Keys every report carries besides the metrics: the training step (ASHA's time axis) and
 # whether it is the trial's last evaluation (a trial that ends without one was stopped early).
@@ -58,8 +64,9 @@ SWEEP_FILE = "sweep.json"
 SPACE_COPY = "search_space.yaml"
 RUN_IDS_DIR = "mlflow_runs"
 REPORT_DIR = "report"
+RAY_SESSION_FILE = "ray_session.json"  # the local Ray session of the latest driver (stop_orphaned_ray)
 META_FILE = "st_sweeps_trial.json"  # inside each Tune checkpoint, beside step_*.pt
-RAY_TRAIN_DRIVER_CPU = 0.1  # a trial that only drives a Ray Train job holds this much (environment.md)
+RAY_TRAIN_DRIVER_CPU = 0.1  # a trial that only drives a Ray Train job holds this much (docs/SOURCES.md)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -102,20 +109,17 @@ def _trial_dirname(trial: Any) -> str:
 def _open_child_run(spec: TrialSpec, trial_id: str, params: Mapping[str, Any], known_id: str | None) -> Any:
     """The trial's MLflow run: the id its checkpoint or its id file remembers, else a new child of
     the sweep's parent run — its id written at once, so that a resumed trial never makes a second."""
-    from st_sweeps.tracking import MlflowTracker
+    from st_sweeps.tracking import RunIdFile, open_remembered_run
 
-    id_file = Path(spec.sweep_dir) / RUN_IDS_DIR / trial_id
-    run_id = known_id or (id_file.read_text().strip() if id_file.exists() else "") or None
     tags = {"st_sweeps.role": "trial", "st_sweeps.sweep": spec.sweep_name, "st_sweeps.trial_id": trial_id,
             "st_sweeps.sampled": json.dumps({k: v for k, v in params.items() if k != BASELINE_KEY}, sort_keys=True)}
     if BASELINE_KEY in params:
         tags["st_sweeps.baseline_seed"] = str(params[BASELINE_KEY])
-    tracker = MlflowTracker(spec.tracking_uri, spec.experiment, run_name=trial_run_name(trial_id), run_id=run_id,
-                            parent_run_id=spec.parent_run_id, tags=tags)
-    if run_id is None:
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(tracker.run_id + "\n")
-    return tracker
+    # a driver killed between creating the run and writing its id leaves a run to find by its tags
+    memory = RunIdFile(Path(spec.sweep_dir) / RUN_IDS_DIR / trial_id)
+    return open_remembered_run(spec.tracking_uri, spec.experiment, memory, run_id=known_id,
+                               run_name=trial_run_name(trial_id), parent_run_id=spec.parent_run_id, tags=tags,
+                               find_tags={"mlflow.parentRunId": spec.parent_run_id, "st_sweeps.trial_id": trial_id})
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
@@ -155,7 +159,7 @@ class _TuneReporter:
             self.tracker.close("FINISHED")
         with tempfile.TemporaryDirectory(prefix="st_sweeps_report_") as tmp:
             if path is not None:
-                _link_or_copy(Path(path), Path(tmp) / Path(path).name)
+                link_or_copy(Path(path), Path(tmp) / Path(path).name)
             (Path(tmp) / META_FILE).write_text(json.dumps(meta))
             tune.report(payload, checkpoint=tune.Checkpoint.from_directory(tmp))
         if better:
@@ -174,13 +178,6 @@ def _payload(metrics: Mapping[str, float], train: Mapping[str, float], objective
     out.update({k: v for k, v in evaluation.items() if k not in out})
     out.update({k: v for k, v in train.items() if k not in out})
     return out
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def _read_meta(checkpoint: Any) -> dict[str, Any]:
@@ -280,6 +277,13 @@ def _run_ray_train_trial(params: Mapping[str, Any], spec: TrialSpec, config: Any
 
 
 # ======================================================================================== searcher
+# Ray's OptunaSearch keeps the Optuna study, its per-trial Optuna trials and the finished trial ids
+# in private attributes (checked against Ray 2.60). Every access goes through ``_internal``, and
+# ``__init__`` checks they exist, so a Ray that renames them fails at once, naming its version,
+# instead of mid-sweep.
+_OPTUNA_SEARCH_INTERNALS = ("_ot_study", "_ot_trials", "_completed_trials")
+
+
 class PruningAwareOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, telling Optuna how each trial really ended.
 
@@ -291,10 +295,25 @@ class PruningAwareOptunaSearch(OptunaSearch):
     its steps is COMPLETE.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        missing = [name for name in _OPTUNA_SEARCH_INTERNALS if not hasattr(self, name)]
+        if missing:
+            import ray
+
+            raise RuntimeError(
+                f"ray {ray.__version__}: ray.tune.search.optuna.OptunaSearch no longer has {', '.join(missing)}, "
+                "which st_sweeps' PruningAwareOptunaSearch reads (written against Ray 2.60). Install the pinned "
+                "Ray (requirements-lock.txt) or update PruningAwareOptunaSearch in st_sweeps/tune.py.")
+
+    def _internal(self, name: str) -> Any:
+        return getattr(self, name)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from optuna.trial import TrialState
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials, completed = self._internal("_ot_trials"), self._internal("_completed_trials")
+        if trial_id in completed or trial_id not in trials:
             return super().on_trial_complete(trial_id, result, error)
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         values = [(result or {}).get(m) for m in metrics]
@@ -305,19 +324,19 @@ class PruningAwareOptunaSearch(OptunaSearch):
             state, told = TrialState.PRUNED, None
             if len(values) == 1:  # Ray never reports the result that made ASHA stop: keep it
                 step = result.get("training_iteration", result.get(STEP_KEY, 0))
-                self._ot_trials[trial_id].report(float(values[0]), int(step))
+                trials[trial_id].report(float(values[0]), int(step))
         else:
             state, told = TrialState.COMPLETE, [float(v) for v in values]
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], told, state=state)
+            self._internal("_ot_study").tell(trials[trial_id], told, state=state)
         except (ValueError, RuntimeError) as e:  # e.g. told already, before an interruption
             log.warning("Optuna refused trial %s as %s: %s", trial_id, state.name, e)
-        self._completed_trials.add(trial_id)
+        completed.add(trial_id)
 
     def enqueue_baseline(self, params: Mapping[str, Any], seeds: Sequence[int]) -> None:
         """The baseline as the study's first ``len(seeds)`` trials, one per training seed."""
         for _ in seeds:
-            self._ot_study.enqueue_trial(dict(params), skip_if_exists=False)
+            self._internal("_ot_study").enqueue_trial(dict(params), skip_if_exists=False)
         self._baseline_params = dict(params)
         self._baseline_seeds = list(seeds)
         self._baseline_of: dict[str, int] = {}
@@ -338,11 +357,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     @property
     def study(self) -> Any:
-        return self._ot_study
+        return self._internal("_ot_study")
 
     def optuna_numbers(self) -> dict[str, int]:
         """Tune trial id -> Optuna trial number."""
-        return {tid: t.number for tid, t in self._ot_trials.items()}
+        return {tid: t.number for tid, t in self._internal("_ot_trials").items()}
 
 
 def make_searcher(space: SearchSpace, study_name: str) -> PruningAwareOptunaSearch:
@@ -359,7 +378,7 @@ def make_searcher(space: SearchSpace, study_name: str) -> PruningAwareOptunaSear
     else:
         sampler = optuna.samplers.GridSampler(space.grid(), seed=s.seed)
     # metric/mode go here only, never into TuneConfig, where they would silently turn a
-    # multi-objective search single-objective (environment.md)
+    # multi-objective search single-objective (docs/SOURCES.md)
     metric: Any = space.metrics if space.multi_objective else space.metrics[0]
     mode: Any = space.modes if space.multi_objective else space.modes[0]
     searcher = PruningAwareOptunaSearch(space.define_by_run(), metric=metric, mode=mode, sampler=sampler,
@@ -509,20 +528,90 @@ def _open_parent_run(space: SearchSpace, file: Path, name: str, directory: Path)
     return sweep, tracker
 
 
-def _init_ray(address: str | None, workers: int = 1) -> None:
+def init_ray(address: str | None, workers: int = 1) -> str | None:
+    """Start (or join, with ``address``) Ray; the session directory of a cluster started here."""
     import ray
 
     package_parent = str(Path(__file__).resolve().parent.parent)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if address is None:
         # trial processes import st_sweeps from this checkout even when it is not installed
-        paths = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        prepend_pythonpath(package_parent)
         # the dashboard hosts the state API that Ray Train's controller polls; plain trials do without
         kwargs["include_dashboard"] = workers > 1
     else:
         kwargs["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parent)]}
-    ray.init(address=address, **kwargs)
+    # "local": a new cluster of this sweep's own; without an address Ray would join the latest
+    # cluster started on this machine (another user's `ray start`, another sweep's test cluster)
+    # ($RAY_ADDRESS, set for a Ray job, comes here as ``address``)
+    context = ray.init(address=address or "local", **kwargs)
+    return str(Path(context.address_info["session_dir"]).resolve()) if address is None else None
+
+
+# ======================================================================================== orphans
+def _session_processes(session_dir: str) -> list[int]:
+    """This user's processes (not this one) holding a file open in a Ray session directory: every
+    process of a local Ray session logs there (GCS, raylet, its agents, workers). Linux only."""
+    prefix = session_dir.rstrip("/") + "/"
+    found: list[int] = []
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd).startswith(prefix) for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+        except OSError:  # gone, or another user's
+            continue
+    return found
+
+
+def stop_orphaned_ray(directory: Path, timeout_s: float = 20.0) -> list[int]:
+    """Stop what is left of the local Ray session recorded in ``directory`` (a driver killed with
+    SIGKILL takes its GCS, raylet and workers with it within seconds, but Ray's dashboard and
+    runtime-env agents live on for a minute or more). SIGTERM, then SIGKILL after ``timeout_s``.
+    Returns the pids it found."""
+    import signal
+
+    record = directory / RAY_SESSION_FILE
+    if not record.exists():
+        return []
+    saved = json.loads(record.read_text())
+    driver, session_dir = saved.get("pid"), saved.get("session_dir")
+    if isinstance(driver, int) and driver != os.getpid() and _is_sweep_driver(driver):
+        raise ConfigError("--resume", f"sweep {directory.name!r} is still running (driver pid {driver})",
+                          "wait for it, or stop it first (Ctrl-C, or kill it)")
+    pids = _session_processes(session_dir) if session_dir else []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [p for p in pids if _alive(p)]
+        if not pids:
+            break
+    if pids:
+        log.warning("could not stop Ray processes %s of the previous session %s", pids, session_dir)
+    return pids
+
+
+def _is_sweep_driver(pid: int) -> bool:
+    try:
+        return _alive(pid) and b"st_sweeps.tune" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _check_cluster_fits(space: SearchSpace, local: bool) -> None:
@@ -562,7 +651,7 @@ def _tuner(space: SearchSpace, sweep: Sweep, resume: bool) -> Any:
         return tune.Tuner.restore(str(sweep.directory), trainable=trainable, resume_errored=True)
     max_concurrent = space.max_concurrent
     if max_concurrent is None and space.resources.workers > 1:
-        max_concurrent = 1  # each trial's Train workers must fit beside the others' (environment.md)
+        max_concurrent = 1  # each trial's Train workers must fit beside the others' (docs/SOURCES.md)
     # reuse_actors: a trial process serves the next trial (same resources for all), saving each
     # trial a process start and the imports of torch and st_sweeps (benchmarks/sweep_overhead.py)
     tune_config = tune.TuneConfig(search_alg=make_searcher(space, sweep.study_name), scheduler=make_scheduler(space),
@@ -650,6 +739,26 @@ def close_trial_runs(rows: Sequence[report.TrialRow], sweep: Sweep, metric: str)
         tracker.close(MLFLOW_STATUS.get(row.status, "FAILED"))
 
 
+def close_lost_trial_runs(sweep: Sweep, trial_ids: set[str]) -> None:
+    """A trial started after Tune last saved its state is unknown to a resumed sweep, which runs
+    another in its place: the lost trial's child run is tagged, closed KILLED and moved to MLflow's
+    trash (restorable), so that the experiment holds exactly one run per trial of the sweep."""
+    from st_sweeps.tracking import MlflowTracker, find_runs
+
+    children = find_runs(sweep.tracking_uri, sweep.experiment, {"mlflow.parentRunId": sweep.parent_run_id,
+                                                                 "st_sweeps.role": "trial"})
+    for run_id, tags in children.items():
+        trial_id = tags.get("st_sweeps.trial_id")
+        if trial_id in trial_ids:
+            continue
+        tracker = MlflowTracker(sweep.tracking_uri, sweep.experiment, run_id=run_id)
+        log.warning("sweep %s: trial %s was lost with a killed driver; its MLflow run %s goes to the trash",
+                    sweep.name, trial_id, run_id)
+        tracker.set_tags({"st_sweeps.outcome": "lost"})
+        tracker.close("KILLED")
+        tracker.delete()
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[-1] if text else type(error).__name__)[:300]
@@ -662,7 +771,7 @@ def _final_searcher(directory: Path) -> PruningAwareOptunaSearch | None:
         searcher.restore_from_dir(str(directory))
     except (RuntimeError, OSError):
         return None
-    return searcher if searcher._ot_study is not None else None
+    return searcher if searcher.study is not None else None
 
 
 def _export_study(searcher: PruningAwareOptunaSearch, path: Path, study_name: str) -> None:
@@ -700,10 +809,13 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
         config = space.experiment({**best.params, **seed}, name=f"{sweep.name}-best")
         (out / "best_config.yaml").write_text(report.best_config_text(dump_yaml(config), best, objectives, sweep.name))
     if space.multi_objective:
-        front = report.pareto_front(ranked)
-        (out / "pareto.csv").write_text(report.to_csv(front, objectives, keys))
-        if front:
-            report.plot_pareto(ranked, objectives, out / "pareto.png", title=f"Pareto front: {sweep.name}")
+        (out / "pareto.csv").write_text(report.to_csv(report.pareto_front(ranked), objectives, keys))
+    skipped = {"all figures": "the sweep's Optuna study could not be read back"}
+    if searcher is not None:
+        _, skipped = write_figures(searcher.study, ranked, objectives, out, title=f"Pareto front: {sweep.name}")
+    for figure, why in skipped.items():
+        log.warning("sweep %s: no %s: %s", sweep.name, figure, why)
+    close_lost_trial_runs(sweep, {r.trial_id for r in ranked})
 
     counts = {s: sum(r.status == s for r in ranked) for s in ("completed", "pruned", "error")}
     metrics = {f"trials/{s}": float(n) for s, n in counts.items()}
@@ -712,11 +824,79 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
         metrics.update({f"best/{report.stderr_key(k)}": v for k, v in best.stderrs.items()})
     metrics.update(report.comparison_metrics(ranked, objectives))
     parent.log_metrics(metrics, 0)
-    parent.set_tags({"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""})
-    for f in sorted(out.iterdir()):
-        if f.suffix != ".db":
-            parent.log_artifact(f, "report")
+    parent.set_tags({"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else "",
+                     "st_sweeps.figures_skipped": "; ".join(f"{k}: {v}" for k, v in skipped.items())[:5000]})
+    publish_report(out, parent)
     return table, out
+
+
+def write_figures(study: Any, ranked: Sequence[report.TrialRow], objectives: Sequence[report.Objective],
+                  directory: Path, title: str = "") -> tuple[list[Path], dict[str, str]]:
+    """The sweep's pictures in ``directory``, drawn by ``optuna.visualization.matplotlib`` from its
+    study: per objective the optimisation history, parameter importances and parallel coordinates
+    (``<kind>_<metric>.png``), and for several objectives the Pareto front (``pareto.png``, with
+    the trials' standard errors drawn over it). Returns the files written and, for each picture
+    skipped, why (too few completed trials or parameters, or Optuna's error): a picture never
+    fails a sweep."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ov
+
+    directory.mkdir(parents=True, exist_ok=True)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    params = {k for t in done for k in t.params}
+    names = [o.metric for o in objectives]
+    plots: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        target = (lambda t, i=i: t.values[i]) if len(names) > 1 else None
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        plots[f"optimization_history_{slug}.png"] = lambda target=target, name=name: ov.plot_optimization_history(
+            study, target=target, target_name=name)
+        plots[f"param_importances_{slug}.png"] = lambda target=target, name=name: ov.plot_param_importances(
+            study, target=target, target_name=name)
+        plots[f"parallel_coordinate_{slug}.png"] = lambda target=target, name=name: ov.plot_parallel_coordinate(
+            study, target=target, target_name=name)
+    if len(names) > 1:
+        plots["pareto.png"] = lambda: ov.plot_pareto_front(
+            study, target_names=[f"{o.metric} ({o.mode})" for o in objectives[:2]],
+            targets=(lambda t: t.values[:2]) if len(names) > 2 else None)
+    written: list[Path] = []
+    skipped: dict[str, str] = {}
+    for file, plot in plots.items():
+        if not done:
+            skipped[file] = "no completed trial"
+            continue
+        if file.startswith("param_importances") and (len(done) < 2 or len(params) < 2):
+            skipped[file] = (f"importances need at least 2 completed trials and 2 parameters (the study has "
+                             f"{len(done)} and {len(params)})")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = plot()
+            if file == "pareto.png":
+                report.draw_over_front(ax, ranked, objectives)
+                if title:
+                    ax.set_title(title)
+            ax.figure.savefig(directory / file, dpi=110, bbox_inches="tight")
+            written.append(directory / file)
+        except Exception as e:  # noqa: BLE001 (a picture is never worth a failed sweep)
+            skipped[file] = f"{type(e).__name__}: {_one_line(e)}"
+        finally:
+            plt.close("all")
+    return written, skipped
+
+
+def publish_report(directory: Path, parent: Any) -> None:
+    """The report's files (tables, best config, figures) as the parent run's ``report/`` artifacts."""
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and f.suffix != ".db":
+            parent.log_artifact(f, REPORT_DIR)
 
 
 # ======================================================================================== CLI
@@ -754,12 +934,18 @@ def run(args: argparse.Namespace) -> int:
         _check_same_space(space, directory)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if args.resume:
+        stop_orphaned_ray(directory)  # a killed driver's Ray agents, before a new session starts
     try:
-        _init_ray(args.address, space.resources.workers)
-        _check_cluster_fits(space, local=args.address is None)  # before anything is written
+        address = args.address or os.environ.get("RAY_ADDRESS") or None  # a Ray job's own cluster
+        session_dir = init_ray(address, space.resources.workers)
+        _check_cluster_fits(space, local=address is None)  # before anything is written
         sweep, parent = _open_parent_run(space, args.file, name, directory)
+        if session_dir is not None:
+            record = {"session_dir": session_dir, "pid": os.getpid()}
+            (directory / RAY_SESSION_FILE).write_text(json.dumps(record) + "\n")
     except BaseException:
-        _shutdown_ray()
+        shutdown_ray()
         raise
     status = "FAILED"
     try:
@@ -781,18 +967,30 @@ def run(args: argparse.Namespace) -> int:
         status = "FINISHED"
     finally:
         parent.close(status)
-        _shutdown_ray()
+        shutdown_ray()
     print(f"\nTrials of sweep {sweep.name}, best first:\n{table}\n")
     print(f"report: {out}")
     if (out / "best_config.yaml").exists():
         print(f"best config: {out / 'best_config.yaml'}  (python -m st_sweeps.train {out / 'best_config.yaml'})")
     if (out / "pareto.png").exists():
         print(f"Pareto front: {out / 'pareto.csv'}, {out / 'pareto.png'}")
-    print(f"MLflow: mlflow ui --backend-store-uri {sweep.tracking_uri} --host 127.0.0.1 --port 5000")
+    print(f"MLflow: {_mlflow_hint(sweep, parent)}")
     return 0
 
 
-def _shutdown_ray() -> None:
+def _mlflow_hint(sweep: Sweep, parent: Any) -> str:
+    """Where to see the sweep: the runs table of its experiment (MLflow 3.17 opens an
+    experiment on its GenAI overview unless the link says otherwise)."""
+    from st_sweeps.tracking import runs_page_url
+
+    if sweep.tracking_uri.startswith(("http://", "https://")):
+        return runs_page_url(sweep.tracking_uri, parent.experiment_id)
+    return (f"mlflow ui --backend-store-uri {sweep.tracking_uri} --host 127.0.0.1 --port 5000, then open "
+            f"{runs_page_url('http://127.0.0.1:5000', parent.experiment_id)} (the parent run "
+            f"{sweep.name!r} holds the report and figures under report/)")
+
+
+def shutdown_ray() -> None:
     import ray
 
     if ray.is_initialized():

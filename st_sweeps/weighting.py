@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import require
-from st_sweeps.registry import Registry
 
 
 def _require_finite_at_least(value: float, field: str, low: float, *, strict: bool) -> None:

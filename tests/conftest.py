@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Evaluations download missing Inception weights where there is internet (st_sweeps.fid.
+# fetch_missing_weights); tests never reach for the network (subprocesses inherit this).
+# tests/test_downloads.py lifts it for the download paths, against a server on 127.0.0.1.
+os.environ["ST_SWEEPS_OFFLINE"] = "1"
 
 # torch-fidelity's file name for its converted TF Inception weights (also st_sweeps.fid.INCEPTION_WEIGHTS_FILE).
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -47,3 +53,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``): every test that starts Ray
+    runs in one worker, one after the other, because two Ray clusters on a 2-core machine starve
+    each other's workers; every other file stays whole on one worker, so its module fixtures are
+    built once."""
+    for item in items:
+        group = "ray" if item.get_closest_marker("ray") else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))

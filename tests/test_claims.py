@@ -193,7 +193,7 @@ def test_manifest_grid(manifest) -> None:
         assert seeds >= 3 and len(points) == seeds * len(manifest.configurations)
         assert len({p.id for p in points}) == len(points)
     config = manifest.experiment(manifest.configuration("short_t"), "cpu", 2)
-    assert config.seed == 2 and config.sde.T == 0.5 and config.eval.sampler_steps == 100
+    assert config.seed == 2 and config.sde.T == 0.5 and config.eval.sampler.n_steps == 100
     assert type(config.truncation.prior).registry_name == "power_law"
     claim_ids = [c.id for c in manifest.claims]
     assert claim_ids == ["1", "2", "3", "4", "5", "6"]

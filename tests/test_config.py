@@ -12,10 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from st_sweeps.config import (apply_overrides, dump_yaml, flatten, load_dataclass, load_file, parse_override,
-                              read_yaml, to_dict)
+from st_sweeps.config import (Registry, apply_overrides, dump_yaml, flatten, load_dataclass, load_file,
+                              parse_override, read_yaml, to_dict, to_spec)
 from st_sweeps.errors import ConfigError, require, require_positive, require_range
-from st_sweeps.registry import Registry, to_spec
 from st_sweeps.truncation import PowerLawPrior, Truncation
 
 
@@ -293,13 +292,15 @@ def test_huge_integer_for_a_float_raises_config_error() -> None:
 def test_inception_score_splits_default_to_torch_fidelity_and_must_be_positive() -> None:
     from st_sweeps.experiment import experiment_from_dict
 
-    assert experiment_from_dict({}).eval.inception_score_splits == 10
-    assert experiment_from_dict({"eval": {"inception_score_splits": 1}}).eval.inception_score_splits == 1
+    fid = {"name": "fid"}
+    assert experiment_from_dict({"eval": {"sample_quality": fid}}).eval.sample_quality.inception_score_splits == 10
+    one = {"eval": {"sample_quality": {**fid, "inception_score_splits": 1}}}
+    assert experiment_from_dict(one).eval.sample_quality.inception_score_splits == 1
     for bad in (0, -3):
         with pytest.raises(ConfigError) as err:
-            experiment_from_dict({"eval": {"inception_score_splits": bad}})
-        assert err.value.field == "eval.inception_score_splits"
+            experiment_from_dict({"eval": {"sample_quality": {**fid, "inception_score_splits": bad}}})
+        assert err.value.field == "eval.sample_quality.inception_score_splits"
         assert f"got {bad}" in str(err.value) and "an integer >= 1" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        experiment_from_dict({"eval": {"inception_score_splits": 2.5}})
-    assert err.value.field == "eval.inception_score_splits"
+        experiment_from_dict({"eval": {"sample_quality": {**fid, "inception_score_splits": 2.5}}})
+    assert err.value.field == "eval.sample_quality.inception_score_splits"

@@ -8,6 +8,7 @@ they were.
 from __future__ import annotations
 
 import errno
+import os
 import hashlib
 import pickle
 from pathlib import Path
@@ -157,7 +158,11 @@ def full_disk_after(n_bytes: int):
 
         buffer = io.BytesIO()
         real_save(obj, buffer, *args, **kwargs)
-        f.write(buffer.getvalue()[:n_bytes])
+        if isinstance(f, (str, os.PathLike)):  # torch.save takes a path or a file
+            with open(f, "wb") as out:
+                out.write(buffer.getvalue()[:n_bytes])
+        else:
+            f.write(buffer.getvalue()[:n_bytes])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     return save

@@ -23,8 +23,9 @@ BASE = {
     "model": {"network": {"name": "ddpmpp", "channels": 8, "channel_multipliers": [1, 2],
                           "blocks_per_resolution": 1, "attention_resolutions": [], "dropout": 0.0}},
     "train": {"steps": 1, "batch_size": 8},
-    "eval": {"nll_examples": 4, "nelbo_repeats": 1, "num_samples": 8, "sampler": "euler_maruyama",
-             "sampler_steps": 10, "nll_rtol": 1e-3, "nll_atol": 1e-3, "sample_quality": "both"},
+    "eval": {"nll_examples": 4, "nelbo_repeats": 1, "num_samples": 8,
+             "sampler": {"name": "euler_maruyama", "n_steps": 10}, "nll_rtol": 1e-3, "nll_atol": 1e-3,
+             "sample_quality": "both"},
 }
 
 
@@ -71,7 +72,7 @@ def test_with_local_inception_weights_fid_is_computed(tmp_path: Path, monkeypatc
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(random_inception_weights))
     monkeypatch.setenv(FID_CACHE_ENV, str(tmp_path / "fid_cache"))
     cfg = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid",
-                               "eval.fid_reference_examples": 16, "eval.num_samples": 10})  # 10: one per IS split
+                               "eval.sample_quality.reference_examples": 16, "eval.num_samples": 10})  # 10: one per IS split
     metrics, tags = run_eval(cfg, tmp_path)
     assert "eval/fid_missing_reason" not in tags.tags and "eval/inception_score_missing_reason" not in tags.tags
     assert metrics["eval/fid"] > 0  # an untrained model's samples differ from the digits
@@ -117,7 +118,7 @@ def test_fewer_samples_than_inception_score_splits_tag_the_score_missing(tmp_pat
 
 
 def test_inception_score_splits_reach_the_score(tmp_path: Path, monkeypatch) -> None:
-    """eval.inception_score_splits is the split count compute_fid scores with: 8 samples as one
+    """eval.sample_quality.inception_score_splits is the split count compute_fid scores with: 8 samples as one
     split (the paper's protocol) give a score with zero spread; 9 splits of 8 samples are missing."""
     from st_sweeps import fid
 
@@ -131,12 +132,12 @@ def test_inception_score_splits_reach_the_score(tmp_path: Path, monkeypatch) -> 
 
     monkeypatch.setattr(fid, "compute_fid", spy)
     one = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid",
-                                 "eval.inception_score_splits": 1})
+                                 "eval.sample_quality.inception_score_splits": 1})
     metrics, tags = run_eval(one, tmp_path / "one")
     assert seen == [1] and "eval/inception_score_missing_reason" not in tags.tags
     assert 1.0 - 1e-9 <= metrics["eval/inception_score"] <= 8 + 1e-9  # at most the samples per split
     assert metrics["eval/inception_score_std"] == 0.0  # one split: no spread
-    nine = apply_overrides(one, {"eval.inception_score_splits": 9})
+    nine = apply_overrides(one, {"eval.sample_quality.inception_score_splits": 9})
     metrics, tags = run_eval(nine, tmp_path / "nine")
     assert seen == [1, 9] and "eval/inception_score" not in metrics
     assert "9 splits need at least 9" in tags.tags["eval/inception_score_missing_reason"]
@@ -155,7 +156,7 @@ def test_two_dimensional_data_evaluates_with_exact_density_scale(tmp_path: Path)
         "truncation": {"eps": 1e-3}, "model": {"network": {"name": "mlp", "hidden": 32, "layers": 1}},
         "train": {"steps": 1, "batch_size": 16},
         "eval": {"nll_examples": 8, "nll_trace": "exact", "nelbo_repeats": 1, "num_samples": 32,
-                 "sampler": "ode", "nll_rtol": 1e-3, "nll_atol": 1e-3},
+                 "sampler": {"name": "ode", "rtol": 1e-3, "atol": 1e-3}, "nll_rtol": 1e-3, "nll_atol": 1e-3},
     }
     metrics, tags = run_eval(cfg, tmp_path)
     assert "eval/pixel_fd" in metrics and "eval/nll_bpd" in metrics

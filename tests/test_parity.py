@@ -19,7 +19,7 @@ from st_sweeps.effective_weight import log_snr_density, log_snr_grid
 from st_sweeps.experiment import ExperimentConfig, experiment_from_dict
 from st_sweeps.objectives import Mixed
 from st_sweeps.parity import OfficialLoss, RowRecord, load_record, mismatches, record_path
-from st_sweeps.reproduce import DATASETS, Manifest, load_manifest, manifest_path
+from st_sweeps.reproduce.manifest import DATASETS, Manifest, load_manifest, manifest_path
 
 T = 1.0
 

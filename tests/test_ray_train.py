@@ -28,6 +28,9 @@ from st_sweeps.tracking import read_jsonl
 from st_sweeps.trainer import Trainer
 
 import ray  # noqa: E402  (after st_sweeps.ray_train)
+from ray_faults import CrashOnce  # noqa: E402
+
+FAULT_MARKER = ".fault_injected"
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -135,13 +138,14 @@ def test_two_workers_match_one_process(ray_cluster, tmp_path: Path) -> None:
 def crashed_once(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """A run of 9 steps reporting at 3, 6, 9 whose last worker dies just before step 5."""
     storage = tmp_path_factory.mktemp("fault")
-    result = run(tiny_config(steps=9, eval_every=3), storage, "crash", max_failures=1, fail_at_step=5)
+    result = run(tiny_config(steps=9, eval_every=3), storage, "crash", max_failures=1,
+                 before_step=CrashOnce(5, storage / "crash" / FAULT_MARKER))
     return storage, result
 
 
 def test_worker_crash_restarts_from_last_checkpoint(crashed_once, tmp_path: Path) -> None:
     storage, result = crashed_once
-    assert (storage / "crash" / rt.FAULT_MARKER).exists(), "the fault was not injected"
+    assert (storage / "crash" / FAULT_MARKER).exists(), "the fault was not injected"
     info = result.return_value
     assert info["start_step"] == 3, "the restart should resume from the checkpoint reported at step 3"
     assert info["final_step"] == 9 and result.metrics["step"] == 9
@@ -166,7 +170,8 @@ def test_same_name_resumes_instead_of_restarting(crashed_once, tmp_path: Path) -
     # after an interruption with no retries left: the next call continues from step 3
     config = tiny_config(steps=9, eval_every=3)
     with pytest.raises(ray.train.TrainingFailedError):
-        run(config, tmp_path, "interrupted", max_failures=0, fail_at_step=5)
+        run(config, tmp_path, "interrupted", max_failures=0,
+            before_step=CrashOnce(5, tmp_path / "interrupted" / FAULT_MARKER))
     assert list(ray_checkpoints(tmp_path, "interrupted")) == [3]
     resumed = run(config, tmp_path, "interrupted")
     assert (resumed.return_value["start_step"], resumed.return_value["final_step"]) == (3, 9)
@@ -206,7 +211,7 @@ def test_cli_local_run_completes(tmp_path: Path) -> None:
     # the shipped example, shortened: 4 steps and a cheaper evaluation
     out = cli(str(REPO / "configs" / "digits_small.yaml"), "--local", "--threads", "1",  # see local_run
               "--storage-path", str(tmp_path / "runs"),
-              "--set", "train.steps=4", "--set", "train.log_every_steps=2", "--set", "eval.sampler_steps=5",
+              "--set", "train.steps=4", "--set", "train.log_every_steps=2", "--set", "eval.sampler.n_steps=5",
               "--set", "eval.nll_examples=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "digits_small"

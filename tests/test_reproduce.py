@@ -16,9 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from st_sweeps import reproduce
+from st_sweeps.config import to_spec
 from st_sweeps.errors import ConfigError
-from st_sweeps.reproduce import DATASETS, METRICS, SMOKE_BANNER, load_manifest, manifest_path
+from st_sweeps.reproduce.cli import main
+from st_sweeps.reproduce.gpu_hours import estimate_lines, estimate_rows, time_training_steps
+from st_sweeps.reproduce.launch import missing_reasons
+from st_sweeps.reproduce.manifest import DATASETS, METRICS, SMOKE_BANNER, load_manifest, manifest_path
+from st_sweeps.reproduce.orchestrate import paper_params
+from st_sweeps.reproduce.results import SeedResult
+from st_sweeps.reproduce.scaling import row_config
+from st_sweeps.reproduce.tables import aggregate, format_paper, markdown_table, metric_label, ours_texts
 from test_data import stl_images, write_cifar, write_imagenet32, write_small_imagenet, write_stl  # the official-format writers
 
 pytestmark = pytest.mark.slow
@@ -102,7 +109,7 @@ def smoke_args(env, dataset: str, *extra: str) -> list[str]:
 def smoke(env):
     """Each of the four scripts' main at smoke scale, once."""
     for dataset in DATASETS:
-        assert reproduce.main(dataset, smoke_args(env, dataset)) == 0
+        assert main(dataset, smoke_args(env, dataset)) == 0
     return {d: env["base"] / "out" / d for d in DATASETS}
 
 
@@ -169,55 +176,55 @@ def test_smoke_measures_what_the_rows_evaluate_and_says_why_the_rest_is_missing(
 def test_inception_score_is_filled_from_the_metrics_and_missing_with_fid():
     m = load_manifest(manifest_path("cifar10"))
     row = next(r for r in m.rows if r.id == "ddpmpp_vp_fid_st")
-    with_fid = reproduce.row_config(m, row, "smoke", 0, True)
-    without_fid = reproduce.row_config(m, row, "smoke", 0, False)
-    assert "eval/inception_score" not in reproduce.missing_reasons(with_fid, {}, "weights at /w")
-    no_weights = reproduce.missing_reasons(with_fid, {"eval/fid_missing_reason": "no weights here"}, "")
+    with_fid = row_config(m, row, "smoke", 0, True)
+    without_fid = row_config(m, row, "smoke", 0, False)
+    assert "eval/inception_score" not in missing_reasons(with_fid, {}, "weights at /w")
+    no_weights = missing_reasons(with_fid, {"eval/fid_missing_reason": "no weights here"}, "")
     assert no_weights["eval/inception_score"] == no_weights["eval/fid"] == "not computed: no weights here"
-    too_few = reproduce.missing_reasons(with_fid, {"eval/inception_score_missing_reason": "too few"}, "")
+    too_few = missing_reasons(with_fid, {"eval/inception_score_missing_reason": "too few"}, "")
     assert too_few == {"eval/inception_score": "not computed: too few"}
-    off = reproduce.missing_reasons(without_fid, {}, "no Inception weights file")
+    off = missing_reasons(without_fid, {}, "no Inception weights file")
     assert off["eval/inception_score"] == off["eval/fid"]
 
-    result = reproduce.SeedResult(row.id, 0, "smoke", 1, {"eval/inception_score": 9.5}, {}, 1.0)
-    cell = next(c for c in reproduce.aggregate(row, [result], [0], "not run") if c.metric == "inception_score")
+    result = SeedResult(row.id, 0, "smoke", 1, {"eval/inception_score": 9.5}, {}, 1.0)
+    cell = next(c for c in aggregate(row, [result], [0], "not run") if c.metric == "inception_score")
     assert cell.values == (9.5,) and cell.paper == 9.78 and cell.diff == pytest.approx(9.5 - 9.78)
-    assert reproduce.ours_texts(cell, "smoke")[0] == "9.50 [smoke]"
+    assert ours_texts(cell, "smoke")[0] == "9.50 [smoke]"
 
 
 def test_variational_nll_is_compared_where_the_row_evaluates_it_and_missing_elsewhere():
     m = load_manifest(manifest_path("cifar10"))
     ddpm, rve = m.row("ddpmpp_vp_fid_st"), m.row("uncsnpp_rve_st")
-    paper = reproduce.row_config(m, ddpm, "paper", 0, True)
+    paper = row_config(m, ddpm, "paper", 0, True)
     assert (paper.eval.dequantization, paper.eval.dequantizer_steps) == ("variational", 10000)
-    small = reproduce.row_config(m, ddpm, "smoke", 0, False)
+    small = row_config(m, ddpm, "smoke", 0, False)
     assert small.eval.dequantization == "variational"
     assert (small.eval.dequantizer_steps, small.eval.dequantizer_batch_size) == (2, 8)  # shrunk, still run
-    assert "eval/nll_bpd_vardeq" not in reproduce.missing_reasons(small, {}, "")
-    rve_small = reproduce.row_config(m, rve, "smoke", 0, False)
+    assert "eval/nll_bpd_vardeq" not in missing_reasons(small, {}, "")
+    rve_small = row_config(m, rve, "smoke", 0, False)
     assert rve_small.eval.dequantization == "uniform" and rve_small.eval.dequantizer_steps == 1000  # untouched
-    why = reproduce.missing_reasons(rve_small, {}, "")["eval/nll_bpd_vardeq"]
+    why = missing_reasons(rve_small, {}, "")["eval/nll_bpd_vardeq"]
     assert why.startswith("not evaluated:") and "'uniform'" in why
 
     metrics = {"eval/nll_bpd": 3.10, "eval/nll_bpd_vardeq": 2.95, "eval/nelbo_bpd": 3.2}
-    results = [reproduce.SeedResult(ddpm.id, s, "paper", 1, metrics, {}, 1.0) for s in (0, 1)]
-    cells = {c.metric: c for c in reproduce.aggregate(ddpm, results, [0, 1], "not run")}
+    results = [SeedResult(ddpm.id, s, "paper", 1, metrics, {}, 1.0) for s in (0, 1)]
+    cells = {c.metric: c for c in aggregate(ddpm, results, [0, 1], "not run")}
     vardeq = cells["nll_bpd_vardeq"]
     assert vardeq.comparable and vardeq.values == (2.95, 2.95) and vardeq.paper == 2.91
     assert vardeq.diff == pytest.approx(2.95 - 2.91) and cells["nll_bpd"].diff == pytest.approx(3.10 - 3.03)
-    assert reproduce.metric_label(vardeq) == "NLL, var. deq. (bpd)"  # not "..., variational deq." twice
-    assert reproduce.metric_label(cells["nll_bpd"]) == "NLL (bpd), uniform deq."
-    assert reproduce.ours_texts(vardeq, "paper")[:2] == ("2.950 [paper]", "+0.040 [paper]")
-    md = reproduce.markdown_table(m, "paper", list(cells.values()), {ddpm.id: paper}, None)
+    assert metric_label(vardeq) == "NLL, var. deq. (bpd)"  # not "..., variational deq." twice
+    assert metric_label(cells["nll_bpd"]) == "NLL (bpd), uniform deq."
+    assert ours_texts(vardeq, "paper")[:2] == ("2.950 [paper]", "+0.040 [paper]")
+    md = markdown_table(m, "paper", list(cells.values()), {ddpm.id: paper}, None)
     assert "| DDPM++ (VP, FID config) + ST | NLL, var. deq. (bpd) | 2.91 | 2.950 [paper] | +0.040 [paper] |" in md
     assert "variational (q fitted 10000 steps at batch 64" in md and "(fid, IS over 1 split)" in md
-    assert reproduce.paper_params(ddpm)["paper/nll_bpd_vardeq"] == "2.91"
+    assert paper_params(ddpm)["paper/nll_bpd_vardeq"] == "2.91"
 
-    missing = reproduce.SeedResult(rve.id, 0, "paper", 1, {"eval/nll_bpd": 3.1},
+    missing = SeedResult(rve.id, 0, "paper", 1, {"eval/nll_bpd": 3.1},
                                    {"eval/nll_bpd_vardeq": why}, 1.0)
-    cell = next(c for c in reproduce.aggregate(rve, [missing], [0], "not run") if c.metric == "nll_bpd_vardeq")
+    cell = next(c for c in aggregate(rve, [missing], [0], "not run") if c.metric == "nll_bpd_vardeq")
     assert cell.values == () and cell.paper is None and cell.missing_reason == why
-    assert reproduce.ours_texts(cell, "paper")[0] == f"missing — {why}"
+    assert ours_texts(cell, "paper")[0] == f"missing — {why}"
 
 
 def test_mlflow_holds_one_run_per_row_with_the_paper_numbers(smoke, env):
@@ -237,7 +244,7 @@ def test_mlflow_holds_one_run_per_row_with_the_paper_numbers(smoke, env):
             row = manifest.row(run.data.tags["row_id"])
             assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
             fid = row.paper.fid.value
-            assert run.data.params["paper/fid"] == (reproduce.format_paper(fid) if fid is not None else row.paper.fid.note)
+            assert run.data.params["paper/fid"] == (format_paper(fid) if fid is not None else row.paper.fid.note)
             seeds = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
             assert len(seeds) == SEEDS[dataset]
 
@@ -260,7 +267,7 @@ def test_rerun_of_a_finished_reproduction_trains_nothing_and_rewrites_the_same_t
 
     monkeypatch.setattr(Trainer, "fit", no_training)
     monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built a Trainer")))
-    assert reproduce.main("cifar10", smoke_args(env, "cifar10")) == 0
+    assert main("cifar10", smoke_args(env, "cifar10")) == 0
     assert {name: (out / name).read_bytes() for name in before} == before
     assert [p.stat().st_mtime_ns for p in ckpts] == mtimes
     assert len(client.search_runs([exp.experiment_id])) == n_runs
@@ -276,7 +283,7 @@ def test_a_run_stopped_after_its_last_checkpoint_is_evaluated_not_retrained(smok
     steps = []
     original = Trainer.train_step
     monkeypatch.setattr(Trainer, "train_step", lambda self: steps.append(1) or original(self))
-    assert reproduce.main("stl10", smoke_args(env, "stl10")) == 0
+    assert main("stl10", smoke_args(env, "stl10")) == 0
     assert steps == []
     again = json.loads(result.read_text())
     assert again["metrics"].keys() == stored["metrics"].keys() and again["step"] == stored["step"]
@@ -298,7 +305,7 @@ def test_paper_scale_without_data_exits_2_before_training_and_names_the_files(tm
 
 
 def test_paper_scale_counts_the_files_and_wants_inception_weights(env, tmp_path, capsys):
-    code = reproduce.main("cifar10", ["--scale", "paper", "--data-root", str(env["data"]), "--out", str(tmp_path),
+    code = main("cifar10", ["--scale", "paper", "--data-root", str(env["data"]), "--out", str(tmp_path),
                                       "--mlflow-uri", env["uri"]])
     err = capsys.readouterr().err
     assert code == 2 and "wrong count" in err and "expected 10000" in err
@@ -307,7 +314,7 @@ def test_paper_scale_counts_the_files_and_wants_inception_weights(env, tmp_path,
 
 
 def test_unknown_row_lists_the_rows(capsys):
-    assert reproduce.main("celeba", ["--rows", "nope"]) == 2
+    assert main("celeba", ["--rows", "nope"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "ddpmpp_vp_nll_st" in err and "uncsnpp_rve_st" in err
 
@@ -341,7 +348,7 @@ def test_manifests_pin_the_reference_numbers():
         assert all(r.paper.nelbo_bpd.value is None for r in m.rows)
         for r in m.rows:  # a paper IS is compared under the paper's protocol: all samples as one split
             config = r.experiment(0, d)
-            assert config.eval.inception_score_splits == (1 if r.paper.inception_score.value is not None else 10)
+            assert config.eval.sample_quality.inception_score_splits == (1 if r.paper.inception_score.value is not None else 10)
             assert (config.eval.dequantization == "variational") == (r.paper.nll_bpd_vardeq.value is not None)
         assert m.protocol.paper_fid == ("tf_inception" if d in ("cifar10", "imagenet32") else "clean_fid")
 
@@ -350,18 +357,23 @@ def test_paper_configs_keep_the_rows_physics_at_smoke_scale():
     for d in DATASETS:
         m = load_manifest(manifest_path(d))
         for row in m.rows:
-            paper = reproduce.row_config(m, row, "paper", 0, False)
-            small = reproduce.row_config(m, row, "smoke", 0, False)
-            for part in ("sde", "truncation", "objective", "optim.ema_decay", "model.time_input", "eval.sampler",
-                         "eval.predictor", "eval.corrector", "eval.dequantization", "eval.inception_score_splits",
-                         "data.centered"):
+            paper = row_config(m, row, "paper", 0, False)
+            small = row_config(m, row, "smoke", 0, False)
+            for part in ("sde", "truncation", "objective", "optim.ema_decay", "model.time_input",
+                         "eval.dequantization", "data.centered"):
                 a, b = paper, small
                 for attr in part.split("."):
                     a, b = getattr(a, attr), getattr(b, attr)
                 assert a == b, (d, row.id, part)
+            # the sampler's kind and settings, all but its size (steps) and the ODE's tolerances
+            kept = [{k: v for k, v in to_spec(c.eval.sampler).items() if k not in ("n_steps", "rtol", "atol")}
+                    for c in (paper, small)]
+            assert kept[0] == kept[1], (d, row.id)
+            with_fid = row_config(m, row, "smoke", 0, True).eval.sample_quality
+            assert with_fid.inception_score_splits == paper.eval.sample_quality.inception_score_splits
             assert type(paper.model.network) is type(small.model.network)
             assert small.model.network.channels == 16 and small.data.dataset.image_size == 16
-            assert small.eval.sample_quality == "pixel_fd" and paper.eval.sample_quality == "fid"
+            assert small.eval.sample_quality.name == "pixel_fd" and paper.eval.sample_quality.name == "fid"
 
 
 def bad_manifest(tmp_path: Path, edit) -> Path:
@@ -389,8 +401,8 @@ def bad_manifest(tmp_path: Path, edit) -> Path:
     (lambda d: d["rows"][1].update(id="uncsnpp_rve_st"), "broken.yaml: rows[1].id", "unique"),
     (lambda d: d["smoke"].update(steps=0), "broken.yaml: smoke.steps", "an integer >= 1"),
     (lambda d: d["smoke"].update(dequantizer_steps=0), "broken.yaml: smoke.dequantizer_steps", "an integer >= 1"),
-    (lambda d: d["rows"][1]["config"]["eval"].update(inception_score_splits=0),
-     "broken.yaml: rows[1].config.eval.inception_score_splits", "an integer >= 1"),
+    (lambda d: d["rows"][1]["config"]["eval"]["sample_quality"].update(inception_score_splits=0),
+     "broken.yaml: rows[1].config.eval.sample_quality.inception_score_splits", "an integer >= 1"),
     (lambda d: d["rows"][1]["paper"]["nll_bpd"].update(dequantization="variational"),
      "broken.yaml: rows[1].paper.nll_bpd.dequantization", "nll_bpd_vardeq"),
     (lambda d: d["rows"][1]["paper"]["nll_bpd_vardeq"].update(dequantization="uniform"),
@@ -410,14 +422,14 @@ def test_manifest_errors_name_file_key_and_allowed_values(tmp_path, edit, where,
 
 def test_step_timing_and_the_gpu_hours_arithmetic():
     m = load_manifest(manifest_path("cifar10"))
-    small = reproduce.row_config(m, m.rows[1], "smoke", 0, False)  # the mixed objective
-    timing = reproduce.time_training_steps(small, "cpu", batch_size=4, steps=1, warmup=1)
+    small = row_config(m, m.rows[1], "smoke", 0, False)  # the mixed objective
+    timing = time_training_steps(small, "cpu", batch_size=4, steps=1, warmup=1)
     assert timing["batch_size"] == 4 and timing["seconds_per_step"] > 0
     fake = {"anchor": {"seconds_per_step": 1.0, "batch_size": 2},
             "rows": {r.id: {"seconds_per_step": 2.0, "batch_size": 2, "device": "cpu"} for r in m.rows}}
-    est = reproduce.estimate_rows(m, fake)["uncsnpp_rve_st"]
+    est = estimate_rows(m, fake)["uncsnpp_rve_st"]
     images = 1_300_000 * 128
     assert est["device_hours"] == pytest.approx(images * 1.0 / 3600)
     assert est["relative_cost_per_image"] == pytest.approx(2.0)
     assert (est["v100_hours_low"], est["v100_hours_high"]) == pytest.approx((2 * 192, 2 * 384))
-    assert "V100-hours" in "\n".join(reproduce.estimate_lines(m, fake))
+    assert "V100-hours" in "\n".join(estimate_lines(m, fake))

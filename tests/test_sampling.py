@@ -17,10 +17,10 @@ import math
 import pytest
 import torch
 
-from st_sweeps.config import load_dataclass
 from st_sweeps.errors import ConfigError
 from st_sweeps.gaussian_mixture import GaussianMixture
-from st_sweeps.sampling import CountedScore, SamplerConfig, denoise_step, sample, sample_ode, sample_pc, time_grid
+from st_sweeps.sampling import (CountedScore, EulerMaruyamaSampler, ODESampler, PCSampler, Sampler, denoise_step, sample,
+                                sample_ode, sample_pc, time_grid)
 from st_sweeps.sde import ReciprocalVESDE, SubVPSDE, VESDE, VPSDE
 
 N_SAMPLES = 4000
@@ -66,10 +66,9 @@ def _one_thread():
 
 
 SAMPLERS = {
-    "euler_maruyama": SamplerConfig(name="euler_maruyama", n_steps=500),
-    "pc": SamplerConfig(name="pc", n_steps=500, predictor="reverse_diffusion", corrector="langevin", snr=0.16,
-                        n_corrector_steps=1),
-    "ode": SamplerConfig(name="ode", rtol=1e-5, atol=1e-5),
+    "euler_maruyama": EulerMaruyamaSampler(n_steps=500),
+    "pc": PCSampler(n_steps=500, predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_corrector_steps=1),
+    "ode": ODESampler(rtol=1e-5, atol=1e-5),
 }
 
 
@@ -159,8 +158,7 @@ def test_pc_nfe_is_exact(predictor: str, corrector: str, n_corr: int, denoise: b
         assert t.shape == (x.shape[0],) and t.dtype == x.dtype
         return score(x, t)
 
-    cfg = SamplerConfig(name="pc", n_steps=7, predictor=predictor, corrector=corrector, n_corrector_steps=n_corr,
-                        denoise=denoise)
+    cfg = PCSampler(n_steps=7, predictor=predictor, corrector=corrector, n_corrector_steps=n_corr, denoise=denoise)
     res = sample(cfg, counted, sde, (5, 2), _gen())
     predicted = 7 * (int(predictor != "none") + (n_corr if corrector != "none" else 0)) + int(denoise)
     assert res.nfe == len(calls) == predicted == cfg.expected_nfe()
@@ -184,11 +182,11 @@ def test_ode_nfe_counts_every_call() -> None:
 
 
 @pytest.mark.parametrize("cfg", [
-    SamplerConfig(name="pc", n_steps=20, n_corrector_steps=1),
-    SamplerConfig(name="euler_maruyama", n_steps=20),
-    SamplerConfig(name="ode", rtol=1e-3, atol=1e-3),
+    PCSampler(n_steps=20, predictor="reverse_diffusion", corrector="langevin", n_corrector_steps=1),
+    EulerMaruyamaSampler(n_steps=20),
+    ODESampler(rtol=1e-3, atol=1e-3),
 ], ids=["pc", "em", "ode"])
-def test_fixed_generator_is_deterministic(cfg: SamplerConfig) -> None:
+def test_fixed_generator_is_deterministic(cfg: Sampler) -> None:
     mix, sde = _mixture(), VESDE()
     a = sample(cfg, mix.score_fn(sde), sde, (32, 2), _gen(3)).x
     b = sample(cfg, mix.score_fn(sde), sde, (32, 2), _gen(3)).x
@@ -204,7 +202,7 @@ def test_samplers_build_no_autograd_graph() -> None:
     def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return -w * x
 
-    for cfg in (SamplerConfig(n_steps=3), SamplerConfig(name="ode", rtol=1e-2, atol=1e-2)):
+    for cfg in (PCSampler(n_steps=3), ODESampler(rtol=1e-2, atol=1e-2)):
         assert not sample(cfg, score, sde, (4, 2), _gen()).x.requires_grad
 
 
@@ -241,24 +239,29 @@ def test_denoise_is_tweedie() -> None:
         assert torch.allclose(out, expected, atol=1e-12), type(sde).__name__
 
 
-@pytest.mark.parametrize("field,value", [
-    ("name", "ddim"), ("predictor", "heun"), ("corrector", "ald"), ("n_steps", 0), ("n_corrector_steps", -1),
-    ("snr", 0.0), ("eps", 0.0), ("rtol", -1.0), ("atol", 0.0), ("langevin_norm", "max"), ("denoise", "yes"),
+@pytest.mark.parametrize("cls,field,value", [
+    (PCSampler, "predictor", "heun"), (PCSampler, "corrector", "ald"), (PCSampler, "n_steps", 0),
+    (PCSampler, "n_corrector_steps", -1), (PCSampler, "snr", 0.0), (PCSampler, "eps", 0.0),
+    (PCSampler, "langevin_norm", "max"), (PCSampler, "denoise", "yes"), (EulerMaruyamaSampler, "n_steps", 0),
+    (ODESampler, "rtol", -1.0), (ODESampler, "atol", 0.0), (ODESampler, "eps", 0.0),
 ])
-def test_bad_config_names_the_field(field: str, value: object) -> None:
+def test_bad_config_names_the_field(cls: type, field: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
-        SamplerConfig(**{field: value})
+        cls(**{field: value})
     assert info.value.field == field
 
 
 def test_config_loader_and_pc_without_steps() -> None:
     with pytest.raises(ConfigError) as info:
-        load_dataclass(SamplerConfig, {"predictor": "heun"}, "sampler")
+        Sampler.registry.build({"name": "pc", "predictor": "heun"}, "sampler")
     assert info.value.field == "sampler.predictor" and "reverse_diffusion" in str(info.value)
     with pytest.raises(ConfigError) as info:
-        SamplerConfig(name="pc", predictor="none", corrector="none")
+        Sampler.registry.build({"name": "ddim"}, "sampler")
+    assert info.value.field == "sampler.name" and "euler_maruyama" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        PCSampler(predictor="none", corrector="none")
     assert info.value.field == "predictor"
     with pytest.raises(ConfigError) as info:  # eps must lie below the SDE's T
-        sample(SamplerConfig(eps=0.5), lambda x, t: x, VPSDE(T=0.4), (2, 2), _gen())
+        sample(PCSampler(eps=0.5), lambda x, t: x, VPSDE(T=0.4), (2, 2), _gen())
     assert info.value.field == "eps"
-    assert math.isclose(load_dataclass(SamplerConfig, {"snr": "0.17"}).snr, 0.17)
+    assert math.isclose(Sampler.registry.build({"name": "pc", "snr": "0.17"}, "sampler").snr, 0.17)

@@ -238,12 +238,12 @@ def test_baseline_is_a_point_of_the_space(tmp_path: Path) -> None:
 
 def test_value_that_breaks_another_field_blames_the_dimension(tmp_path: Path) -> None:
     data = mutate("space/sde.T", {"type": "categorical", "choices": [1.0, 0.6]})
-    data["base"]["eval"]["sample_eps"] = 0.7
+    data["base"]["eval"]["sampler"] = {"name": "euler_maruyama", "eps": 0.7}
     e = error(tmp_path, data)  # the first point (T = 1) is fine, T = 0.6 is not
-    assert e.field.endswith("space.sde.T") and "value 0.6 makes eval.sample_eps invalid" in str(e), str(e)
+    assert e.field.endswith("space.sde.T") and "value 0.6 makes eval.sampler.eps invalid" in str(e), str(e)
     data["space"]["sde.T"]["choices"] = [0.6, 1.0]
     e = error(tmp_path, data)  # now the first point fails, on a key no dimension names
-    assert e.field.endswith("space") and "sde.T=0.6" in str(e) and "eval.sample_eps" in str(e), str(e)
+    assert e.field.endswith("space") and "sde.T=0.6" in str(e) and "eval.sampler.eps" in str(e), str(e)
     e = error(tmp_path, mutate("space/truncation.eps/high", 2.0))
     assert e.field.endswith("space.truncation.eps") and "0 < truncation.eps < 1.0" in str(e)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from st_sweeps.tracking import MlflowTracker, NullTracker, SkipLoggedSteps, skip_logged_steps
+from st_sweeps.tracking import (MlflowTracker, NullTracker, RunIdFile, SkipLoggedSteps, open_remembered_run,
+                                skip_logged_steps)
 
 
 @pytest.fixture()
@@ -74,3 +75,34 @@ def test_jsonl_lines_are_readable_at_once_and_synced_at_most_every_window(tmp_pa
         # every line is in the file for any other process as soon as the call returns
         assert [r["step"] for r in tracking.read_jsonl(path)] == list(range(step + 1))
     assert synced == [100.0, 111.0]  # the first line, then once 10 s had passed
+
+
+def test_a_remembered_run_is_reopened_and_a_new_one_remembered_at_once(tracking_uri: str, tmp_path: Path) -> None:
+    memory = RunIdFile(tmp_path / "run" / "mlflow_run_id")
+    first = open_remembered_run(tracking_uri, "exp", memory, run_name="a", tags={"role": "x"})
+    assert not first.reopened and memory.get() == first.run_id  # remembered before any metric
+    first.close()
+    again = open_remembered_run(tracking_uri, "exp", memory, run_name="a")
+    assert again.reopened and again.run_id == first.run_id
+    assert again.client.get_run(again.run_id).info.status == "RUNNING"
+
+
+def test_a_run_created_but_not_remembered_is_found_by_its_tags(tracking_uri: str, tmp_path: Path) -> None:
+    orphan = MlflowTracker(tracking_uri, "exp", run_name="t1", tags={"trial": "t1"})  # then a kill
+    memory = RunIdFile(tmp_path / "t1")
+    found = open_remembered_run(tracking_uri, "exp", memory, run_name="t1", tags={"trial": "t1"},
+                                find_tags={"trial": "t1"})
+    assert found.run_id == orphan.run_id and memory.get() == orphan.run_id
+    other = open_remembered_run(tracking_uri, "exp", RunIdFile(tmp_path / "t2"), find_tags={"trial": "t2"})
+    assert other.run_id != orphan.run_id and not other.reopened
+
+
+def test_a_remembered_run_that_is_gone_is_replaced_but_a_given_id_is_not(tracking_uri: str, tmp_path: Path,
+                                                                       capsys) -> None:
+    memory = RunIdFile(tmp_path / "id")
+    memory.set("0123456789abcdef0123456789abcdef")  # another store's run, say
+    fresh = open_remembered_run(tracking_uri, "exp", memory, run_name="r")
+    assert not fresh.reopened and memory.get() == fresh.run_id
+    assert "could not be reopened" in capsys.readouterr().err
+    with pytest.raises(Exception):
+        open_remembered_run(tracking_uri, "exp", None, run_id="0123456789abcdef0123456789abcdef")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,8 +160,11 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path: Path, mo
     first = trainer.save_checkpoint()
     trainer.train_step()
 
-    def torn_save(obj, f, *a, **k):
-        f.write(b"partial bytes")
+    def torn_save(obj, f, *a, **k):  # torch.save takes a path or a file
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(b"partial bytes")
+        else:
+            f.write(b"partial bytes")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", torn_save)

@@ -40,7 +40,7 @@ SWEEP = {
         "optim": {"lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.5},
         "train": {"steps": 20, "batch_size": 16, "eval_every_steps": 10, "log_every_steps": 5},
         "eval": {"nll_examples": 8, "nll_rtol": 1e-3, "nll_atol": 1e-3, "nelbo_repeats": 1, "num_samples": 4,
-                 "sampler": "euler_maruyama", "sampler_steps": 10, "sample_quality": "none"},
+                 "sampler": {"name": "euler_maruyama", "n_steps": 10}, "sample_quality": "none"},
     },
     "space": {
         "optim.lr": {"type": "categorical", "choices": [3e-3, 1e-7]},
@@ -330,3 +330,28 @@ def test_asha_never_stops_a_baseline_replicate() -> None:
     assert asha.on_trial_result(None, base, {"step": 20, FINISHED_KEY: 1.0, "eval/nll_bpd": 9.0}) == \
         TrialScheduler.STOP
 
+
+
+def test_figures_are_optunas_and_skip_with_a_reason(tmp_path: Path) -> None:
+    """No cluster needed: the sweep's pictures come from Optuna's matplotlib plots of the study;
+    importances need two completed trials and two parameters, else they are skipped with the
+    reason; a study with no completed trial gives reasons, not an error."""
+    import optuna
+
+    from st_sweeps import report
+    from st_sweeps.tune import write_figures
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    nll = [report.Objective("eval/nll_bpd", "min")]
+    one = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    one.optimize(lambda t: t.suggest_float("truncation.eps", 1e-5, 1e-3, log=True) * 1e3, n_trials=3)
+    written, skipped = write_figures(one, [], nll, tmp_path / "one")
+    assert sorted(p.name for p in written) == ["optimization_history_eval_nll_bpd.png",
+                                               "parallel_coordinate_eval_nll_bpd.png"]
+    assert "2 parameters" in skipped["param_importances_eval_nll_bpd.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+
+    empty = optuna.create_study()
+    empty.tell(empty.ask(), state=optuna.trial.TrialState.PRUNED)
+    written, skipped = write_figures(empty, [], nll, tmp_path / "empty")
+    assert written == [] and set(skipped.values()) == {"no completed trial"} and len(skipped) == 3

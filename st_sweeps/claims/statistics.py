@@ -21,9 +21,9 @@ import torch
 
 from st_sweeps.claims.target_variance import target_variance
 from st_sweeps.claims.tau_expectation import GaussianProbe, exact_expectation, monte_carlo_expectation
+from st_sweeps.config import Registry
 from st_sweeps.errors import require
 from st_sweeps.objectives import Objective, _WeightedScoreMatching
-from st_sweeps.registry import Registry
 from st_sweeps.truncation import PowerLawPrior, TauPrior
 
 

@@ -46,6 +46,7 @@ from st_sweeps.claims.results import ClaimResult, evaluate
 from st_sweeps.claims.statistics import Evaluation, MeasureContext, MeasuredStatistic, RunResult, Runs
 from st_sweeps.config import to_dict
 from st_sweeps.errors import ConfigError
+from st_sweeps.files import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = REPO_ROOT / "reproductions" / "claims" / "claims.yaml"
@@ -118,10 +119,7 @@ def fingerprint(manifest: Manifest, scale: str) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def open_study(manifest: Manifest, scale: str, out: Path, tracking_uri: str) -> tuple[StudyState, Any]:
@@ -173,7 +171,7 @@ def run_trials(manifest: Manifest, scale: str, out: Path, state: StudyState, pen
                             experiment=state.experiment, parent_run_id=state.parent_run_id, cpus=1.0)
     trainable = tune.with_resources(tune.with_parameters(run_point, spec=spec), {"cpu": 1})
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    sweeps._init_ray(None, 1)  # noqa: SLF001 (the sweeps' local Ray start: PYTHONPATH for the trials)
+    sweeps.init_ray(None, 1)  # the sweeps' local Ray start (PYTHONPATH for the trials)
     try:
         if tune.Tuner.can_restore(str(tune_dir)):
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
@@ -191,7 +189,7 @@ def run_trials(manifest: Manifest, scale: str, out: Path, state: StudyState, pen
                                           failure_config=tune.FailureConfig(max_failures=0), verbose=1))
         return tuner.fit()
     finally:
-        sweeps._shutdown_ray()  # noqa: SLF001
+        sweeps.shutdown_ray()
 
 
 def _evaluations(result: Any) -> tuple[Evaluation, ...]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from st_sweeps.claims.intervals import Interval
+from st_sweeps.config import Registry
 from st_sweeps.errors import require
-from st_sweeps.registry import Registry
 
 HOLDS = "holds"
 CONTRADICTED = "contradicted"

@@ -8,7 +8,6 @@ Data root: the explicit argument, else ``$ST_SWEEPS_DATA_ROOT``, else ``~/.cache
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from st_sweeps.config import Registry
 from st_sweeps.errors import require
+from st_sweeps.files import write_atomic
 from st_sweeps.gaussian_mixture import GaussianMixture
-from st_sweeps.registry import Registry
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = get_args(Split)
@@ -153,7 +153,7 @@ def images_from_hwc(arrays: list[np.ndarray]) -> Tensor:
 
 def cached_uint8(cache: Path, expected_count: int, build: Callable[[], Tensor]) -> Tensor:
     """Load ``cache`` (an .npy of uint8 images) if it holds ``expected_count`` images, else build
-    the array and write it atomically (temp file in the same folder, then ``os.replace``).
+    the array and write it atomically (``st_sweeps.files.write_atomic``).
 
     A cache whose count disagrees with the source (files added or removed) is rebuilt. Where the
     folder is not writable the data are still returned, with a warning that nothing was cached.
@@ -164,16 +164,8 @@ def cached_uint8(cache: Path, expected_count: int, build: Callable[[], Tensor]) 
             return torch.from_numpy(np.array(arr))
         warnings.warn(f"{cache}: holds {arr.shape[0]} images, expected {expected_count}; rebuilding", stacklevel=3)
     images = build()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=cache.name + ".", suffix=".tmp", dir=cache.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, images.numpy())
-            os.replace(tmp, cache)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    try:  # the suffix keeps numpy from appending ".npy" to the temporary name
+        write_atomic(cache, lambda tmp: np.save(tmp, images.numpy()), suffix=".npy")
     except OSError as e:
         warnings.warn(f"could not write cache {cache} ({e}); the next load decodes again", stacklevel=3)
     return images

@@ -2,9 +2,15 @@
 
 ``prepare NAME [--data-root DIR]`` counts the expected files under the data root and prints OK, or
 (for CIFAR-10, STL-10 and ImageNet32, which have official archives) downloads the archives with a
-short network timeout, checks their MD5 where one is published and extracts them. Where it cannot
+short network timeout and a progress line every 10 %, checks their MD5 where one is published and
+extracts them. A download is written to a ``.part`` file and extracted into a hidden staging folder
+first; only a complete, verified archive is extracted, and only a complete extraction is moved into
+place, so an interrupted download never leaves files that pass for complete ones. Where it cannot
 (no network; a login page instead of the archive; CelebA and CelebA-HQ, which have no direct
 download), it exits with status 1 and says exactly which files to put where.
+``--mirror URL`` (or ``$ST_SWEEPS_MIRROR``) fetches the official file names from a mirror instead;
+``--mirror-checksums FILE|none`` (or ``$ST_SWEEPS_MIRROR_CHECKSUMS``) supplies checksums for a mirror
+whose files differ from the official ones (``st_sweeps.data.download``).
 ``--source`` picks the release of a data set that has more than one: ``imagenet32 --source
 oord_small_png`` checks the older "small" ImageNet 32×32 PNG folders, which nothing can download.
 Exit status: 0 ready, 1 missing or wrong files.
@@ -13,21 +19,27 @@ Exit status: 0 ready, 1 missing or wrong files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
+import shutil
 import sys
 import tarfile
+import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 from st_sweeps.data import celeba, cifar10, imagenet32, stl10
 from st_sweeps.data.base import DATA_ROOT_ENV, Dataset, resolve_data_root
+from st_sweeps.data.download import (DOWNLOAD_ERRORS, MIRROR_CHECKSUMS_ENV, MIRROR_ENV, NO_CHECKSUMS, Mirror,
+                                     download_file, mirror_from, source_of)
 from st_sweeps.errors import ConfigError, require
 
 DEFAULT_TIMEOUT_S = 5.0
+# what a damaged archive raises while it is read (a truncated gzip stream: EOFError or zlib.error)
+EXTRACT_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)
 # The opener used for downloads; tests replace it so they never touch the network.
 urlopen: Callable[..., object] = urllib.request.urlopen
 
@@ -53,7 +65,7 @@ class ExpectedFile:
 class Archive:
     url: str
     filename: str  # .zip archives are unzipped, anything else is read as a tar
-    md5: str | None  # as published for the archive (None: not published)
+    md5: str | None  # as published for the archive (None: not published); a 64-digit value is a SHA-256
     size_bytes: int | None = None
     folder: str = ""  # where its contents belong, relative to the data root ("": the root)
 
@@ -224,49 +236,49 @@ def all_missing(source: Source, root: Path) -> bool:
     return not any(f.locate(root).exists() for f in source.files)
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _refuse_web_page(archive: Archive, resp: object) -> None:
-    """A site that wants a login answers with an HTML page: stop before downloading it."""
-    headers = getattr(resp, "headers", None)
-    content_type = headers.get("Content-Type", "") if headers is not None else ""
-    if "text/html" in content_type:
-        raise ValueError(f"{archive.url}: the server sent a web page, not the archive (a login may be required)")
-
-
 def _extract(part: Path, archive: Archive, root: Path) -> None:
+    """Extract the verified archive ``part`` into a staging folder beside the data, then move its
+    files into ``root / archive.folder`` (each move an atomic rename): a failure part-way leaves no
+    partly written file where the loaders look."""
     dest = root / archive.folder
-    if not archive.filename.endswith(".zip"):
-        with tarfile.open(part) as tar:
-            tar.extractall(dest, filter="data")
-        return
-    if not zipfile.is_zipfile(part):
-        raise ValueError(f"{archive.url}: the download is not a zip archive (a login or error page?)")
-    with zipfile.ZipFile(part) as zf:
-        # Some archives hold their folder, others only its files: the files end up in dest either way.
-        top = Path(archive.folder).name + "/"
-        holds_folder = archive.folder != "" and all(n.startswith(top) for n in zf.namelist())
-        zf.extractall(dest.parent if holds_folder else dest)  # extractall drops absolute and ".." parts
+    stage = Path(tempfile.mkdtemp(prefix=f".{archive.filename}.", suffix=".extracting", dir=root))
+    try:
+        content = stage
+        if not archive.filename.endswith(".zip"):
+            with tarfile.open(part) as tar:
+                tar.extractall(stage, filter="data")
+        else:
+            if not zipfile.is_zipfile(part):
+                raise ValueError(f"{archive.url}: the download is not a zip archive (a login or error page?)")
+            with zipfile.ZipFile(part) as zf:
+                # Some archives hold their folder, others only its files: the files end up in dest either way.
+                top = Path(archive.folder).name + "/"
+                if archive.folder != "" and all(n.startswith(top) for n in zf.namelist()):
+                    content = stage / top
+                zf.extractall(stage)  # extractall drops absolute and ".." parts
+        _move_files(content, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-def fetch(archive: Archive, root: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Download ``archive`` into ``root`` (via a .part file), check its MD5, extract it, remove it."""
+def _move_files(src: Path, dest: Path) -> None:
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+
+
+def fetch(archive: Archive, root: Path, timeout_s: float = DEFAULT_TIMEOUT_S, *, mirror: Mirror | None = None,
+          out: TextIO | None = None) -> None:
+    """Download ``archive`` (from ``mirror`` when given) into ``root / <file>.part``, check its length
+    and checksum, extract it (staged), remove it."""
     root.mkdir(parents=True, exist_ok=True)
+    url, checksum = source_of(archive.url, archive.filename, archive.md5, mirror)
     part = root / (archive.filename + ".part")
     try:
-        with urlopen(archive.url, timeout=timeout_s) as resp, open(part, "wb") as out:  # type: ignore[attr-defined]
-            _refuse_web_page(archive, resp)
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                out.write(block)
-        if archive.md5 is not None and (got := _md5(part)) != archive.md5:
-            raise ValueError(f"{archive.url}: MD5 {got}, expected {archive.md5}")
-        _extract(part, archive, root)
+        download_file(url, part, checksum=checksum, timeout_s=timeout_s, opener=urlopen, out=out)
+        _extract(part, replace(archive, url=url), root)
     finally:
         part.unlink(missing_ok=True)
 
@@ -286,9 +298,11 @@ def select(name: str, release: str | None) -> Source | None:
 
 
 def prepare(name: str, root: Path, *, download: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S,
-            out: TextIO | None = None, err: TextIO | None = None, release: str | None = None) -> int:
+            out: TextIO | None = None, err: TextIO | None = None, release: str | None = None,
+            mirror: Mirror | None = None) -> int:
     """Check (and maybe fetch) data set ``name`` under ``root``; 0 when ready, 1 otherwise. ``release``
-    (the CLI's ``--source``, the data set's ``source`` field) picks one of several releases."""
+    (the CLI's ``--source``, the data set's ``source`` field) picks one of several releases;
+    ``mirror`` (see ``st_sweeps.data.download.mirror_from``) replaces the official hosts."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     source = select(name, release)
@@ -298,10 +312,12 @@ def prepare(name: str, root: Path, *, download: bool = True, timeout_s: float = 
     ok, problems = check(source, root)
     if problems and download and source.archives and all_missing(source, root):
         for archive in source.archives:
-            print(f"{name}: downloading {archive.url} (timeout {timeout_s:g} s) …", file=out)
+            url = source_of(archive.url, archive.filename, archive.md5, mirror)[0]
+            via = "" if mirror is None else f" from {mirror.describe()}"
+            print(f"{name}: downloading {url}{via} (timeout {timeout_s:g} s) …", file=out, flush=True)
             try:
-                fetch(archive, root, timeout_s)
-            except (OSError, ValueError, tarfile.TarError, zipfile.BadZipFile) as e:  # URLError, timeouts: OSError
+                fetch(archive, root, timeout_s, mirror=mirror, out=out)
+            except (*DOWNLOAD_ERRORS, *EXTRACT_ERRORS) as e:
                 print(f"{name}: download failed: {type(e).__name__}: {e}", file=err)
                 break
         else:
@@ -328,13 +344,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="network timeout in seconds")
     releases = "; ".join(f"{n}: {' or '.join(v)}, default {next(iter(v))}" for n, v in VARIANTS.items())
     parser.add_argument("--source", default=None, help=f"release, for data sets with more than one ({releases})")
+    parser.add_argument("--mirror", default=None, metavar="URL",
+                        help=f"fetch the official file names from this base URL (http, https or file) instead of "
+                             f"the official hosts (default: ${MIRROR_ENV})")
+    parser.add_argument("--mirror-checksums", default=None, metavar=f"FILE|{NO_CHECKSUMS}",
+                        help="md5sum/sha256sum-style list for a mirror whose files are not the official ones, or "
+                             f"'{NO_CHECKSUMS}' to check nothing from the mirror (default: "
+                             f"${MIRROR_CHECKSUMS_ENV}, else the official checksums)")
     args = parser.parse_args(argv)
     try:
         select(args.name, args.source)
     except ConfigError as e:
         parser.error(str(e))
+    try:
+        mirror = mirror_from(args.mirror, args.mirror_checksums, opener=urlopen)
+    except DOWNLOAD_ERRORS as e:
+        parser.error(f"--mirror-checksums: {e}")
     return prepare(args.name, resolve_data_root(args.data_root), download=not args.no_download,
-                   timeout_s=args.timeout, release=args.source)
+                   timeout_s=args.timeout, release=args.source, mirror=mirror)
 
 
 if __name__ == "__main__":

@@ -9,34 +9,10 @@ the network sees as time: see ``score_model.time_input_names``).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-from torch import nn
-
-from st_sweeps.registry import Registry
-
-
-class Network:
-    """Base of the network configs; entries are registered frozen dataclasses."""
-
-    registry: ClassVar[Registry["Network"]] = Registry("network")
-
-    def build(self, data_shape: tuple[int, ...], generator: torch.Generator | None = None) -> nn.Module:
-        """The module for examples of ``data_shape``, its weights drawn from ``generator``
-        (the global RNG when None)."""
-        raise NotImplementedError
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    """Number of scalar parameters (works on the meta device)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-# The entries register themselves on import; Network must exist before these lines run.
-from st_sweeps.networks.mlp import MLP, MLPNet  # noqa: E402
-from st_sweeps.networks.score_model import ScoreModel, time_input_names  # noqa: E402
-from st_sweeps.networks.unet import (  # noqa: E402
+from st_sweeps.networks.base import Network, count_parameters
+from st_sweeps.networks.mlp import MLP, MLPNet
+from st_sweeps.networks.score_model import ScoreModel, time_input_names
+from st_sweeps.networks.unet import (
     PRESETS,
     DDPMpp,
     NCSNpp,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from st_sweeps.errors import ConfigError, require
-from st_sweeps.networks import Network
+from st_sweeps.networks.base import Network
 from st_sweeps.networks.layers import GaussianFourierEmbedding, Linear, SinusoidalEmbedding, initialise
 
 TIME_EMBEDDINGS = ("positional", "fourier")
