@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from st_sweeps.errors import require, require_positive
-from st_sweeps.ode_solver import _A, _B, _C, _E, OdeSolverError
+from st_sweeps.ode_solver import _C, _E, OdeSolverError, dormand_prince_stages
 
 # (t [b] float64, y [b, N], rows [b] long: which of the B problems these are) -> dy/dt [b, N]
 BatchedOdeFunc = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -137,17 +137,7 @@ def solve_ode_batched(func: BatchedOdeFunc, y0: Tensor, t0: Tensor | float, t1: 
         last = h >= remaining
         h = torch.where(last, remaining, h)
         hy = h[:, None].to(y.dtype)
-        ks = [k1]
-        for i in range(1, 6):
-            yi = y
-            for a, k in zip(_A[i], ks):
-                if a != 0.0:
-                    yi = yi + (hy * a) * k
-            ks.append(f(t + h * _C[i], yi, rows))
-        y_new = y
-        for bw, k in zip(_B, ks):
-            if bw != 0.0:
-                y_new = y_new + (hy * bw) * k
+        y_new, ks = dormand_prince_stages(y, k1, hy, lambda i, yi: f(t + h * _C[i], yi, rows))
         t_new = torch.where(last, t_end, t + h)
         k7 = f(t_new, y_new, rows)
         ks.append(k7)

@@ -61,6 +61,25 @@ class OdeSolution:
     rejected: int
 
 
+def dormand_prince_stages(y: Tensor, k1: Tensor, h: float | Tensor,
+                          stage: Callable[[int, Tensor], Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The 5th-order solution and the six slopes of one Dormand–Prince step of size ``h`` (a
+    float, or a per-row tensor broadcasting against ``y``) from ``y`` with first slope ``k1``;
+    ``stage(i, y_i)`` evaluates the slope of stage i (at t + C[i]·h, which the caller knows)."""
+    ks = [k1]
+    for i in range(1, 6):
+        yi = y
+        for a, k in zip(_A[i], ks):
+            if a != 0.0:
+                yi = yi + (h * a) * k
+        ks.append(stage(i, yi))
+    y_new = y
+    for b, k in zip(_B, ks):
+        if b != 0.0:
+            y_new = y_new + (h * b) * k
+    return y_new, ks
+
+
 def _rms(x: Tensor) -> float:
     return float(torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1)))
 
@@ -136,17 +155,7 @@ def solve_ode(func: OdeFunc, y0: Tensor, t0: float, t1: float, *, rtol: float = 
         if last:
             h = remaining
         hs = direction * h
-        ks = [k1]
-        for i in range(1, 6):
-            yi = y
-            for a, k in zip(_A[i], ks):
-                if a != 0.0:
-                    yi = yi + (hs * a) * k
-            ks.append(f(t + hs * _C[i], yi))
-        y_new = y
-        for b, k in zip(_B, ks):
-            if b != 0.0:
-                y_new = y_new + (hs * b) * k
+        y_new, ks = dormand_prince_stages(y, k1, hs, lambda i, yi: f(t + hs * _C[i], yi))
         t_new = t1 if last else t + hs
         k7 = f(t_new, y_new)
         ks.append(k7)
