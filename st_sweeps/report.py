@@ -30,7 +30,6 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 STATUS_ORDER = {"completed": 0, "pruned": 1, "error": 2}
@@ -264,7 +263,7 @@ def noise_lines(ranked: Sequence[TrialRow], objectives: Sequence[Objective], uni
            f"≈: within noise of the best completed trial on that objective (difference < {NOISE_Z:g} sd)."]
     for o in objectives:
         base = bases.get(o.metric)
-        u = f" {units[o.metric]}" if o.metric in units else ""
+        u = f" {units[o.metric]}" if units.get(o.metric) else ""
         if base is None:
             out.append(f"{o.metric}: no completed baseline trial, so no comparison and no seed spread")
             continue

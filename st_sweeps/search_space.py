@@ -746,7 +746,7 @@ def _check_baseline(space: SearchSpace) -> None:
 
 def summary(space: SearchSpace) -> str:
     """A few lines describing the sweep (for --dry-run and the parent run's description)."""
-    lines = [f"objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
+    lines = ["objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in space.objectives),
              f"searcher:   {space.searcher.name} (seed {space.searcher.seed})",
              "scheduler:  " + (f"asha on {space.scheduler_metric} ({space.scheduler_mode}), grace_period "
                                f"{space.grace_period} steps, reduction_factor {space.scheduler.reduction_factor:g}, "

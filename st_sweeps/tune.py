@@ -48,6 +48,7 @@ from st_sweeps import report
 from st_sweeps.config import dump_yaml, flatten
 from st_sweeps.errors import ConfigError
 from st_sweeps.files import link_or_copy, prepend_pythonpath
+from st_sweeps.metrics import unit as metric_unit
 from st_sweeps.search_space import SearchSpace, apply_params, load_search_space, summary
 
 if TYPE_CHECKING:
@@ -716,8 +717,6 @@ def _best_checkpoint(result: Any, metric: str, mode: str) -> dict[str, Any]:
 
 
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED"}
-UNITS = {"eval/nll_bpd": "bpd", "eval/nelbo_bpd": "bpd", "eval/nll_bpd_no_residual": "bpd",
-         "eval/nelbo_bpd_no_residual": "bpd"}
 
 
 def close_trial_runs(rows: Sequence[report.TrialRow], sweep: Sweep, metric: str) -> None:
@@ -794,7 +793,7 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
     ranked = report.mark_within_noise(report.rank_trials(_rows(results, space, sweep, searcher), objectives),
                                       objectives)
     keys = space.keys
-    notes = report.noise_lines(ranked, objectives, UNITS)
+    notes = report.noise_lines(ranked, objectives, {o.metric: metric_unit(o.metric) for o in objectives})
     table = report.format_table(ranked, objectives, keys) + "\n\n" + "\n".join(notes)
     (out / "ranking.txt").write_text(table + "\n")
     (out / "ranking.md").write_text(report.format_markdown(ranked, objectives, keys) + "\n" +

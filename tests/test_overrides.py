@@ -25,7 +25,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from st_sweeps.config import apply_overrides, flatten, parse_override, read_yaml, to_dict
-from st_sweeps.errors import ConfigError
 from st_sweeps.experiment import ExperimentConfig, experiment_from_dict, load_experiment
 from st_sweeps.reproduce.manifest import load_manifest
 from st_sweeps.search_space import SearchSpace, apply_sweep_overrides, search_space_from_dict

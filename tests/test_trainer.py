@@ -15,7 +15,7 @@ import torch
 from st_sweeps import checkpoint as ckpt
 from st_sweeps.config import apply_overrides, to_dict
 from st_sweeps.errors import ConfigError
-from st_sweeps.experiment import ExperimentConfig, experiment_from_dict, load_experiment
+from st_sweeps.experiment import experiment_from_dict, load_experiment
 from st_sweeps.trainer import NonFiniteLossError, Trainer, global_indices
 from st_sweeps.tracking import read_jsonl
 
