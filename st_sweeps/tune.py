@@ -26,6 +26,7 @@ one line pointing at the traceback in ``$TMPDIR/st_sweeps_tune_driver.log``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -719,6 +720,26 @@ def _best_checkpoint(result: Any, metric: str, mode: str) -> dict[str, Any]:
 MLFLOW_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED"}
 
 
+def runs_for_unlogged_trials(rows: Sequence[report.TrialRow], sweep: Sweep) -> list[report.TrialRow]:
+    """The rows, each with an MLflow run: a trial that failed before it opened its run (its node
+    lost in its first seconds, say) gets one now, with its params, so that MLflow holds one run per
+    trial as Tune does (``close_trial_runs`` then records its outcome and error)."""
+    from st_sweeps.tracking import RunIdFile, open_remembered_run
+
+    out = []
+    for row in rows:
+        if not row.run_id:
+            tracker = open_remembered_run(
+                sweep.tracking_uri, sweep.experiment, RunIdFile(sweep.directory / RUN_IDS_DIR / row.trial_id),
+                run_name=trial_run_name(row.trial_id), parent_run_id=sweep.parent_run_id,
+                tags={"st_sweeps.role": "trial", "st_sweeps.sweep": sweep.name, "st_sweeps.trial_id": row.trial_id},
+                find_tags={"mlflow.parentRunId": sweep.parent_run_id, "st_sweeps.trial_id": row.trial_id})
+            tracker.log_params({k: v for k, v in row.params.items() if k != BASELINE_KEY})
+            row = dataclasses.replace(row, run_id=tracker.run_id)
+        out.append(row)
+    return out
+
+
 def close_trial_runs(rows: Sequence[report.TrialRow], sweep: Sweep, metric: str) -> None:
     """Give each trial's MLflow run its outcome (a trial ASHA stopped is killed before it can),
     the best checkpoint's path, and its final status: FINISHED, KILLED (stopped early), FAILED."""
@@ -729,6 +750,8 @@ def close_trial_runs(rows: Sequence[report.TrialRow], sweep: Sweep, metric: str)
             continue
         tracker = MlflowTracker(sweep.tracking_uri, sweep.experiment, run_id=row.run_id)
         tags = {"st_sweeps.outcome": row.status, "st_sweeps.rank": str(row.rank)}
+        if row.error:
+            tags["st_sweeps.error"] = row.error[:5000]
         if row.extra.get("path"):
             tags.update({"best_checkpoint": row.extra["path"], "best_step": str(row.extra.get("step")),
                          f"best_{metric}": f"{row.extra['value']:.6g}"})
@@ -790,8 +813,8 @@ def write_report(results: Any, space: SearchSpace, sweep: Sweep, parent: Any) ->
     out.mkdir(parents=True, exist_ok=True)
     searcher = _final_searcher(sweep.directory)
     objectives = [report.Objective(o.metric, o.mode) for o in space.objectives]
-    ranked = report.mark_within_noise(report.rank_trials(_rows(results, space, sweep, searcher), objectives),
-                                      objectives)
+    rows = runs_for_unlogged_trials(_rows(results, space, sweep, searcher), sweep)
+    ranked = report.mark_within_noise(report.rank_trials(rows, objectives), objectives)
     keys = space.keys
     notes = report.noise_lines(ranked, objectives, {o.metric: metric_unit(o.metric) for o in objectives})
     table = report.format_table(ranked, objectives, keys) + "\n\n" + "\n".join(notes)
