@@ -14,6 +14,7 @@ the machine as well (FID and the Inception Score need Inception weights) say so 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -84,20 +85,22 @@ def _pixel_fd_stderr(config: "ExperimentConfig") -> str | None:
 
     if (why := _quality("pixel_fd", "both")(config)) is not None:
         return why
-    if config.eval.num_samples < 2:
-        return "a bootstrap standard error needs eval.num_samples >= 2"
-    dims = 1
-    for d in config.data.dataset.shape:
-        dims *= d
+    if (why := _two_samples(config)) is not None:
+        return why
+    dims = math.prod(config.data.dataset.shape)
     if dims > FD_BOOTSTRAP_MAX_DIM:
         return f"no bootstrap above {FD_BOOTSTRAP_MAX_DIM} pixel dimensions (this data has {dims})"
     return None
 
 
+def _two_samples(config: "ExperimentConfig") -> str | None:
+    return "a bootstrap standard error needs eval.num_samples >= 2" if config.eval.num_samples < 2 else None
+
+
 def _digits_fd_stderr(config: "ExperimentConfig") -> str | None:
     if (why := _quality("digits_fd")(config)) is not None:
         return why
-    return "a bootstrap standard error needs eval.num_samples >= 2" if config.eval.num_samples < 2 else None
+    return _two_samples(config)
 
 
 def _inception(config: "ExperimentConfig") -> str | None:
@@ -114,28 +117,31 @@ WEIGHTS = "Inception weights on this machine (st_sweeps.fid), and for the IS at 
 
 
 # --- the declarations ------------------------------------------------------------------------
-def _likelihood_family(tag: str, base: Why, what: str) -> list[Metric]:
-    """The NLL and NELBO keys of one dequantization (``tag`` "" uniform, "_vardeq" variational);
-    likelihood.py builds its keys with ``nll_key`` / ``nelbo_key`` from the same stems."""
-    nll, nelbo = f"eval/nll_bpd{tag}", f"eval/nelbo_bpd{tag}"
-    out = [
-        Metric(nll, "bpd", "min", f"NLL through the probability-flow ODE from x_ε with the residual term ({what})", base),
-        Metric(f"{nll}_no_residual", "bpd", "min", f"NLL from x_ε without the residual term ({what})", base),
-        Metric(f"{nll}_stderr", "bpd", None, f"standard error of {nll} over examples", _spread_over_examples(base)),
-        Metric(f"{nll}_no_residual_stderr", "bpd", None, f"standard error of {nll}_no_residual over examples",
+def _bound(key: str, what: str, base: Why, repeats_field: str) -> list[Metric]:
+    """A bound in bits/dim with and without the residual term, and its three spreads; the NLL and
+    the NELBO report the same five keys around their stems."""
+    return [
+        Metric(key, "bpd", "min", f"{what} with the residual term", base),
+        Metric(f"{key}_no_residual", "bpd", "min", f"{what} without the residual term", base),
+        Metric(f"{key}_stderr", "bpd", None, f"standard error of {key} over examples", _spread_over_examples(base)),
+        Metric(f"{key}_no_residual_stderr", "bpd", None, f"standard error of {key}_no_residual over examples",
                _spread_over_examples(base)),
-        Metric(f"{nll}_mc_stderr", "bpd", None, f"Monte-Carlo standard error of {nll} over repeats",
-               _spread_over_repeats(base, "nll_repeats")),
+        Metric(f"{key}_mc_stderr", "bpd", None, f"Monte-Carlo standard error of {key} over repeats",
+               _spread_over_repeats(base, repeats_field)),
+    ]
+
+
+def _likelihood_family(tag: str, base: Why, what: str) -> list[Metric]:
+    """The NLL and NELBO keys of one dequantization (``tag`` "" uniform, "_vardeq" variational),
+    spelled as ``NllResult.as_metrics`` and ``NelboResult.as_metrics`` in likelihood.py spell them
+    (tests/test_metrics.py holds the two equal)."""
+    nll = f"eval/nll_bpd{tag}"
+    out = [
+        *_bound(nll, f"NLL through the probability-flow ODE from x_ε ({what})", base, "nll_repeats"),
         Metric(f"eval/nfe_nll{tag}", "NFE", "min", f"network evaluations of the NLL solves ({what})", base),
         Metric(f"eval/nfe_nll{tag}_per_solve", "NFE", "min", "network evaluations per ODE solve", base),
         Metric(f"eval/nll{tag}_examples", "count", None, "test examples the NLL averages", base),
-        Metric(nelbo, "bpd", "min", f"negative ELBO of the SDE with the residual term ({what})", base),
-        Metric(f"{nelbo}_no_residual", "bpd", "min", f"negative ELBO without the residual term ({what})", base),
-        Metric(f"{nelbo}_stderr", "bpd", None, f"standard error of {nelbo} over examples", _spread_over_examples(base)),
-        Metric(f"{nelbo}_no_residual_stderr", "bpd", None, f"standard error of {nelbo}_no_residual over examples",
-               _spread_over_examples(base)),
-        Metric(f"{nelbo}_mc_stderr", "bpd", None, f"Monte-Carlo standard error of {nelbo} over repeats",
-               _spread_over_repeats(base, "nelbo_repeats")),
+        *_bound(f"eval/nelbo_bpd{tag}", f"negative ELBO of the SDE ({what})", base, "nelbo_repeats"),
     ]
     if not tag:  # the published evaluator's protocol runs beside the uniform NLL only
         out += [
