@@ -26,7 +26,7 @@ test: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow and not ray and not browser" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not ray and not browser" $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) -m benchmarks.run_all --quick

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -434,3 +434,12 @@ def base_sweep(path: Path = REPO / "search_spaces" / "prior.yaml") -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def update_eval(ev: dict[str, Any], changes: dict[str, Any]) -> None:
+    """``ev.update(changes)``, except that ``likelihood`` settings are merged into the sweep's own
+    (a benchmark that changes the number of examples keeps the sweep's tolerances)."""
+    changes = dict(changes)
+    if "likelihood" in changes:
+        ev["likelihood"] = {**ev.get("likelihood", {}), **changes.pop("likelihood")}
+    ev.update(changes)

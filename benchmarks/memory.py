@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (Section, add_common_args, base_sweep, command_line, emit, fmt, markdown_table, mode_of,
-                               peak_rss_mib, python_env, run_sweep, set_threads)
+                               peak_rss_mib, python_env, run_sweep, set_threads, update_eval)
 
 MODULE = "benchmarks.memory"
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 1, "concurrent": 1, "train": {"steps": 2, "eval_every_steps": 0, "log_every_steps": 1},
-              "eval": {"nll_examples": 2, "num_samples": 0, "sample_quality": "none"}},
+              "eval": {"likelihood": {"examples": 2}, "num_samples": 0, "sample_quality": "none"}},
     "quick": {"trials": 2, "concurrent": 1, "train": {"steps": 30, "eval_every_steps": 15}, "eval": {}},
     "full": {"trials": 4, "concurrent": 2, "train": {}, "eval": {}},  # prior.yaml's trials as shipped
 }
@@ -56,7 +56,7 @@ def sweep_mapping(mode: str) -> dict[str, Any]:
     size = SIZES[mode]
     sweep = copy.deepcopy(base_sweep())
     sweep["base"]["train"].update(size["train"])
-    sweep["base"]["eval"].update(size["eval"])
+    update_eval(sweep["base"]["eval"], size["eval"])
     if sweep["base"]["eval"].get("num_samples") == 0:  # no samples: only the NLL can be an objective
         sweep["objectives"] = [o for o in sweep["objectives"] if o["metric"] == "eval/nll_bpd"]
     sweep.update({"trials": size["trials"], "max_concurrent": size["concurrent"],

@@ -56,7 +56,7 @@ def experiment(model: dict[str, Any], mode: str) -> Any:
         "objective": {"name": "dsm", "weighting": "variance"},
         "model": {"network": model["network"]},
         "train": {"steps": model["steps"][mode], "batch_size": model["batch"], "log_every_steps": model["log"][mode]},
-        "eval": {"nll_examples": 0, "num_samples": 0, "sample_quality": "none"},
+        "eval": {"likelihood": {"examples": 0}, "num_samples": 0, "sample_quality": "none"},
     })
 
 

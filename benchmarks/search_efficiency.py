@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (Section, TrialLog, base_sweep, command_line, emit, fmt,
-                               markdown_table, mode_of, parse_args, run_sweep, set_threads)
+                               markdown_table, mode_of, parse_args, run_sweep, set_threads, update_eval)
 
 MODULE = "benchmarks.search_efficiency"
 METRIC = "eval/nll_bpd"
@@ -44,7 +44,7 @@ METRIC = "eval/nll_bpd"
 SIZES: dict[str, dict[str, Any]] = {
     # random trials; ASHA+TPE trials (more: stopped trials are cheap); train and eval overrides; seeds
     "smoke": {"random": 1, "asha": 2, "startup": 1, "train": {"steps": 4, "eval_every_steps": 2},
-              "eval": {"nll_examples": 2}, "grace": 2, "seeds": [0]},
+              "eval": {"likelihood": {"examples": 2}}, "grace": 2, "seeds": [0]},
     # prior.yaml's trials as shipped, one rung at half of them
     "quick": {"random": 4, "asha": 7, "startup": 3, "train": {"eval_every_steps": 750}, "eval": {},
               "grace": 750, "seeds": [0, 1, 2]},
@@ -61,7 +61,7 @@ def arm_sweep(mode: str, arm: str, seed: int) -> dict[str, Any]:
     sweep.pop("baseline", None)
     sweep["base"]["train"].update(size["train"])
     # the objective is the NLL: no samples, no sample-quality figure (they cost both arms alike)
-    sweep["base"]["eval"].update({**size["eval"], "num_samples": 0, "sample_quality": "none"})
+    update_eval(sweep["base"]["eval"], {**size["eval"], "num_samples": 0, "sample_quality": "none"})
     sweep["objectives"] = [{"metric": METRIC, "mode": "min"}]
     sweep["max_concurrent"] = 2 if mode != "smoke" else 1
     if arm == "random":
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> Section:
         corr.append([step, len(at_rung), f"{spearman(at_rung, final):.2f}", ", ".join(f"{r:.2f}" for r in rho) or "–"])
     steps = base_sweep()["base"]["train"]["steps"] if "steps" not in size["train"] else size["train"]["steps"]
     notes.append(f"- Trials of {steps} steps, evaluated every {size['train']['eval_every_steps']} steps (NLL on "
-                 f"{base_sweep()['base']['eval']['nll_examples'] if 'nll_examples' not in size['eval'] else size['eval']['nll_examples']} "
+                 f"{size['eval'].get('likelihood', {}).get('examples', base_sweep()['base']['eval']['likelihood']['examples'])} "
                  f"test examples); ASHA grace period {size['grace']} steps, reduction factor 2; TPE's first "
                  f"{size['startup']} points random; searcher seeds {', '.join(map(str, seeds))}. Difference = TPE + "
                  f"ASHA − random (negative: TPE + ASHA found a lower NLL); mean ± standard error over seeds, "

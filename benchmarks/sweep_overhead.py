@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (Section, Stopwatch, SweepRun, base_sweep, command_line, emit, fmt,
-                               markdown_table, mode_of, parse_args, run_sweep, set_threads)
+                               markdown_table, mode_of, parse_args, run_sweep, set_threads, update_eval)
 
 MODULE = "benchmarks.sweep_overhead"
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {"trials": 2, "train": {"steps": 2, "eval_every_steps": 0, "log_every_steps": 1},
-              "eval": {"nll_examples": 2, "num_samples": 0, "sample_quality": "none"}, "concurrent": [1]},
+              "eval": {"likelihood": {"examples": 2}, "num_samples": 0, "sample_quality": "none"}, "concurrent": [1]},
     "quick": {"trials": 4, "train": {"steps": 40, "eval_every_steps": 20},
-              "eval": {"nll_examples": 16, "num_samples": 8, "sampler": {"name": "euler_maruyama", "n_steps": 20}},
+              "eval": {"likelihood": {"examples": 16}, "num_samples": 8, "sampler": {"name": "euler_maruyama", "n_steps": 20}},
               "concurrent": [1]},
     "full": {"trials": 8, "train": {}, "eval": {}, "concurrent": [1, 2]},  # prior.yaml as shipped
 }
@@ -47,7 +47,7 @@ def sweep_mapping(mode: str, concurrent: int) -> dict[str, Any]:
     sweep = copy.deepcopy(base_sweep())
     sweep.pop("baseline", None)  # its seeds are not sampled params: the direct runs could not repeat them
     sweep["base"]["train"].update(size["train"])
-    sweep["base"]["eval"].update(size["eval"])
+    update_eval(sweep["base"]["eval"], size["eval"])
     if sweep["base"]["eval"].get("num_samples") == 0:  # no samples: only the NLL can be an objective
         sweep["objectives"] = [o for o in sweep["objectives"] if o["metric"] == "eval/nll_bpd"]
     sweep.update({"trials": size["trials"], "max_concurrent": concurrent,

@@ -35,36 +35,34 @@ def _shard(n: int) -> slice:
 
 def likelihood_metrics(config: ExperimentConfig, model: nn.Module, test_data: ImageData, terminal_prior: Any,
                        device: torch.device, train_data: ImageData | None = None) -> dict[str, float]:
-    """NLL and NELBO in bits/dim on the first ``eval.nll_examples`` test examples (uniform
+    """NLL and NELBO in bits/dim on the first ``eval.likelihood.examples`` test examples (uniform
     dequantization for 8-bit data: ``eval/nll_bpd``, ``eval/nelbo_bpd``, ...). With
-    ``eval.dequantization: variational`` also the variational-dequantization bounds
+    ``eval.likelihood.dequantization: variational`` also the variational-dequantization bounds
     (``eval/nll_bpd_vardeq``, ``eval/nelbo_bpd_vardeq``, ...; ODE from x_ε with residual and
     without, the score_sde protocol skipped) with q fitted on ``train_data`` (required then)."""
     import dataclasses
 
-    from st_sweeps.likelihood import LikelihoodConfig, nelbo_bits_per_dim, nll_bits_per_dim
+    from st_sweeps.likelihood import nelbo_bits_per_dim, nll_bits_per_dim
 
-    ev = config.eval
-    n = min(ev.nll_examples, len(test_data.images))
+    settings = config.eval.likelihood
+    n = min(settings.examples, len(test_data.images))
     n -= n % dist.world_size()
     if n == 0:
         return {}
     rows = _shard(n)
     x0 = to_model_space(test_data.images[rows], generator(config.seed, "eval", "data"), centered=config.data.centered,
                         flip=False, dequantize=False).to(device)
-    lik = LikelihoodConfig(eps=config.truncation.eps, rtol=ev.nll_rtol, atol=ev.nll_atol, trace=ev.nll_trace,
-                           n_probes=ev.nll_probes, n_repeats=ev.nll_repeats, solver=ev.nll_solver)
+    lik = settings.ode_config(config.truncation.eps)
     common = dict(discrete=test_data.discrete, centered=config.data.centered, prior_logp=terminal_prior.log_prob)
     nll = nll_bits_per_dim(model, config.sde, x0, lik, generator=generator(config.seed, "eval", "nll", dist.rank()),
                            **common)
-    lik_nelbo = LikelihoodConfig(eps=config.truncation.eps, rtol=ev.nll_rtol, atol=ev.nll_atol, trace=ev.nll_trace,
-                                 n_probes=ev.nll_probes, n_repeats=ev.nelbo_repeats)
+    lik_nelbo = settings.nelbo_config(config.truncation.eps)
     nelbo = nelbo_bits_per_dim(model, config.sde, x0, lik_nelbo,
                                generator=generator(config.seed, "eval", "nelbo", dist.rank()), **common)
     metrics = {**nll.as_metrics(), **nelbo.as_metrics()}
-    if ev.dequantization == "variational":
+    if settings.dequantization.name == "variational":
         if train_data is None or not test_data.discrete:
-            raise ValueError("likelihood_metrics: eval.dequantization='variational' needs 8-bit data and the "
+            raise ValueError("likelihood_metrics: eval.likelihood.dequantization='variational' needs 8-bit data and the "
                              "training split (train_data) to fit the dequantizer on")
         deq, fit_bpd = fit_eval_dequantizer(config, model, train_data, terminal_prior, device)
         nll_v = nll_bits_per_dim(model, config.sde, x0, dataclasses.replace(lik, score_sde_protocol=False),
@@ -91,10 +89,14 @@ def fit_eval_dequantizer(config: ExperimentConfig, model: nn.Module, train_data:
     """
     from st_sweeps.dequantization import Dequantizer, fit_dequantizer
     from st_sweeps.likelihood import nelbo_nats, to_bits_per_dim
+    from st_sweeps.likelihood_settings import VariationalDequantization
 
-    ev = config.eval
+    fit = config.eval.likelihood.dequantization
+    if not isinstance(fit, VariationalDequantization):
+        raise ValueError("fit_eval_dequantizer: eval.likelihood.dequantization is "
+                         f"{fit.name!r}; only 'variational' has a q to fit")
     shape = tuple(train_data.shape)
-    deq = Dequantizer(shape, hidden=ev.dequantizer_hidden,
+    deq = Dequantizer(shape, hidden=fit.hidden,
                       generator=generator(config.seed, "eval", "dequantizer", "init")).to(device)
     history: list[float] = []
     if dist.is_main():
@@ -106,8 +108,7 @@ def fit_eval_dequantizer(config: ExperimentConfig, model: nn.Module, train_data:
             return -with_residual
 
         history = fit_dequantizer(deq, log_density, train_data.images, centered=config.data.centered,
-                                  steps=ev.dequantizer_steps, lr=ev.dequantizer_lr,
-                                  batch_size=ev.dequantizer_batch_size,
+                                  steps=fit.steps, lr=fit.lr, batch_size=fit.batch_size,
                                   generator=generator(config.seed, "eval", "dequantizer", "fit"))
     state = {k: v.detach().cpu() for k, v in deq.state_dict().items()}
     state, history = dist.broadcast_object((state, history))  # type: ignore[misc]

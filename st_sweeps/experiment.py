@@ -14,6 +14,7 @@ from st_sweeps.aux_prior import AuxPrior
 from st_sweeps.config import dump_yaml, flatten, load_dataclass, load_file, to_dict
 from st_sweeps.data import Dataset
 from st_sweeps.errors import ConfigError, require, require_positive, require_range
+from st_sweeps.likelihood_settings import LikelihoodSettings
 from st_sweeps.networks import Network
 from st_sweeps.objectives import Objective
 from st_sweeps.sample_quality import PixelFD, SampleQuality
@@ -90,27 +91,11 @@ class TrainConfig:
         return self.micro_batch_size or self.batch_size
 
 
-DEQUANTIZATIONS: tuple[str, ...] = ("uniform", "variational")
 @dataclass(frozen=True)
 class EvalConfig:
-    nll_examples: int = 64  # test examples for NLL and NELBO (0 skips)
-    nll_repeats: int = 1  # passes over dequantization noise and probes
-    nll_trace: Literal["hutchinson_rademacher", "hutchinson_gaussian", "exact"] = "hutchinson_rademacher"
-    nll_probes: int = 1
-    nll_rtol: float = 1e-5
-    nll_atol: float = 1e-5
-    # scipy_exact: step for step SciPy's RK45 (the published evaluator's solver, one step size per
-    # batch); fast: per-example step sizes (in τ = σ/μ for VE/RVE), batched VJPs: more accurate at
-    # equal tolerances, faster only on the RVE so far (benchmarks/RESULTS.md); st_sweeps/likelihood.py
-    nll_solver: Literal["fast", "scipy_exact"] = "scipy_exact"
-    nelbo_repeats: int = 4
-    # "variational": also fit q(u|x) on training data against the frozen EMA model's ELBO and report
-    # eval/nll_bpd_vardeq and eval/nelbo_bpd_vardeq beside the uniform eval/nll_bpd (8-bit data only)
-    dequantization: Literal["uniform", "variational"] = "uniform"
-    dequantizer_steps: int = 1000  # Adam steps fitting q
-    dequantizer_lr: float = 1e-3
-    dequantizer_batch_size: int = 64
-    dequantizer_hidden: int = 32  # channels (images) or units (flat data) of q's network
+    # examples, passes, trace estimator, ODE solver and tolerances, dequantization of the NLL and
+    # NELBO; ε is truncation.eps (st_sweeps.likelihood_settings)
+    likelihood: LikelihoodSettings = field(default_factory=LikelihoodSettings)
     num_samples: int = 64  # samples for the grid and sample-quality figures (0 skips)
     # pc | euler_maruyama | ode, each with its own settings (st_sweeps.sampling.Sampler)
     sampler: Sampler = field(default_factory=PCSampler)
@@ -124,22 +109,18 @@ class EvalConfig:
         "snr": "sampler.snr", "corrector_steps": "sampler.n_corrector_steps", "sample_eps": "sampler.eps",
         "fid_reference_examples": "sample_quality.reference_examples",
         "inception_score_splits": "sample_quality.inception_score_splits",
+        "nll_examples": "likelihood.examples", "nll_repeats": "likelihood.repeats", "nll_trace": "likelihood.trace",
+        "nll_probes": "likelihood.probes", "nll_rtol": "likelihood.rtol", "nll_atol": "likelihood.atol",
+        "nll_solver": "likelihood.solver", "nelbo_repeats": "likelihood.nelbo_repeats",
+        "dequantization": "likelihood.dequantization.name",
+        "dequantizer_steps": "likelihood.dequantization.steps", "dequantizer_lr": "likelihood.dequantization.lr",
+        "dequantizer_batch_size": "likelihood.dequantization.batch_size",
+        "dequantizer_hidden": "likelihood.dequantization.hidden",
     }
 
     def __post_init__(self) -> None:
-        for name in ("nll_examples", "num_samples"):
-            require(getattr(self, name) >= 0, name, f"got {getattr(self, name)!r}", "an integer >= 0")
-        for name in ("nll_repeats", "nll_probes", "nelbo_repeats", "batch_size"):
-            require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
-        require_positive(self.nll_rtol, "nll_rtol")
-        require_positive(self.nll_atol, "nll_atol")
-        require(self.nll_solver in ("fast", "scipy_exact"), "nll_solver", f"got {self.nll_solver!r}",
-                ("fast", "scipy_exact"))
-        require(self.dequantization in DEQUANTIZATIONS, "dequantization", f"got {self.dequantization!r}",
-                DEQUANTIZATIONS)
-        for name in ("dequantizer_steps", "dequantizer_batch_size", "dequantizer_hidden"):
-            require(getattr(self, name) >= 1, name, f"got {getattr(self, name)!r}", "an integer >= 1")
-        require_positive(self.dequantizer_lr, "dequantizer_lr")
+        require(self.num_samples >= 0, "num_samples", f"got {self.num_samples!r}", "an integer >= 0")
+        require(self.batch_size >= 1, "batch_size", f"got {self.batch_size!r}", "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -162,7 +143,8 @@ class ExperimentConfig:
         self.sde.check_time_range(self.truncation.eps, "truncation.eps")
         require(self.eval.sampler.eps < self.sde.T, "eval.sampler.eps",
                 f"{self.eval.sampler.eps!r} is not below sde.T={self.sde.T}", f"a number in (0, {self.sde.T})")
-        require(self.eval.dequantization == "uniform" or self.data.dataset.discrete, "eval.dequantization",
+        require(self.eval.likelihood.dequantization.name == "uniform" or self.data.dataset.discrete,
+                "eval.likelihood.dequantization",
                 f"'variational' needs 8-bit data, but data.dataset.name={self.data.dataset.registry_name!r} is "
                 "continuous (its NLL is a density, with no dequantization)", "uniform for continuous data")
         if self.model.time_input == "unbounded":

@@ -357,25 +357,12 @@ def _same_dequantization(results: Sequence) -> str:
 
 
 @dataclass(frozen=True)
-class NllResult:
-    """Probability-flow ODE NLL in bits/dim, per repeat and example ([R, B] each, on the CPU).
-
-    with_residual: "paper" protocol (ODE from x_ε plus R̂_ε); without_residual: −log p_ε(x_ε) only;
-    score_sde: ODE started at x_0, no residual (None when not computed). nfe: total score-network
-    calls over all solves (a fast-solver call evaluates only the examples still running);
-    n_solves: number of ODE solves. probe_stderr [R, B] (bits/dim, or None): the Hutchinson
-    standard error of each example's ODE term over its probes (fast solver, n_probes ≥ 2). dequantization: "uniform",
-    "variational" (metric keys ``eval/nll_bpd_vardeq...``, ``eval/nfe_nll_vardeq...``) or "none"
-    (continuous data). Use ``concat`` to merge batches.
-    """
+class _Bound:
+    """A bound in bits/dim with and without the residual term, per repeat and example ([R, B]
+    each, on the CPU), and the five metric keys the NLL and the NELBO share (metrics._bound)."""
 
     with_residual: Tensor
     without_residual: Tensor
-    score_sde: Tensor | None
-    nfe: int
-    n_solves: int
-    dequantization: str = "uniform"
-    probe_stderr: Tensor | None = None
 
     @property
     def n_examples(self) -> int:
@@ -394,10 +381,6 @@ class NllResult:
         return _mean(self.without_residual)
 
     @property
-    def bpd_score_sde(self) -> float:
-        return math.nan if self.score_sde is None else _mean(self.score_sde)
-
-    @property
     def stderr(self) -> float:
         """Std. error of ``bpd_with_residual`` over examples (each averaged over its repeats)."""
         return _stderr_examples(self.with_residual)
@@ -407,18 +390,47 @@ class NllResult:
         """Std. error of ``bpd_with_residual`` over repeats only (the Monte-Carlo part)."""
         return _stderr_repeats(self.with_residual)
 
+    def _bound_metrics(self, key: str) -> dict[str, float]:
+        return {
+            key: self.bpd_with_residual,
+            f"{key}_no_residual": self.bpd_without_residual,
+            f"{key}_stderr": self.stderr,
+            f"{key}_no_residual_stderr": _stderr_examples(self.without_residual),
+            f"{key}_mc_stderr": self.mc_stderr,
+        }
+
+
+@dataclass(frozen=True)
+class NllResult(_Bound):
+    """Probability-flow ODE NLL in bits/dim, per repeat and example ([R, B] each, on the CPU).
+
+    with_residual: "paper" protocol (ODE from x_ε plus R̂_ε); without_residual: −log p_ε(x_ε) only;
+    score_sde: ODE started at x_0, no residual (None when not computed). nfe: total score-network
+    calls over all solves (a fast-solver call evaluates only the examples still running);
+    n_solves: number of ODE solves. probe_stderr [R, B] (bits/dim, or None): the Hutchinson
+    standard error of each example's ODE term over its probes (fast solver, n_probes ≥ 2). dequantization: "uniform",
+    "variational" (metric keys ``eval/nll_bpd_vardeq...``, ``eval/nfe_nll_vardeq...``) or "none"
+    (continuous data). Use ``concat`` to merge batches.
+    """
+
+    score_sde: Tensor | None
+    nfe: int
+    n_solves: int
+    dequantization: str = "uniform"
+    probe_stderr: Tensor | None = None
+
+    @property
+    def bpd_score_sde(self) -> float:
+        return math.nan if self.score_sde is None else _mean(self.score_sde)
+
     def as_metrics(self) -> dict[str, float]:
         """Fixed keys; NaN marks a value not computed (score_sde off) or undefined (one example).
         Variational dequantization inserts ``_vardeq`` (``eval/nll_bpd_vardeq``, ...)."""
         tag = _key_tag(self.dequantization)
         bpd = f"eval/nll_bpd{tag}"
         return {
-            bpd: self.bpd_with_residual,
-            f"{bpd}_no_residual": self.bpd_without_residual,
+            **self._bound_metrics(bpd),
             f"{bpd}_score_sde": self.bpd_score_sde,
-            f"{bpd}_stderr": self.stderr,
-            f"{bpd}_mc_stderr": self.mc_stderr,
-            f"{bpd}_no_residual_stderr": _stderr_examples(self.without_residual),
             f"{bpd}_score_sde_stderr": math.nan if self.score_sde is None else _stderr_examples(self.score_sde),
             f"eval/nfe_nll{tag}": float(self.nfe),
             f"eval/nfe_nll{tag}_per_solve": self.nfe / self.n_solves if self.n_solves else math.nan,
@@ -441,39 +453,14 @@ class NllResult:
 
 
 @dataclass(frozen=True)
-class NelboResult:
+class NelboResult(_Bound):
     """Negative ELBO of the SDE in bits/dim, per repeat and example ([R, B] each, on the CPU);
     ``dequantization`` as in ``NllResult`` (keys ``eval/nelbo_bpd_vardeq...`` when variational)."""
 
-    with_residual: Tensor
-    without_residual: Tensor
     dequantization: str = "uniform"
 
-    @property
-    def n_examples(self) -> int:
-        return self.with_residual.shape[1]
-
-    @property
-    def bpd_with_residual(self) -> float:
-        return _mean(self.with_residual)
-
-    @property
-    def bpd_without_residual(self) -> float:
-        return _mean(self.without_residual)
-
-    @property
-    def stderr(self) -> float:
-        return _stderr_examples(self.with_residual)
-
     def as_metrics(self) -> dict[str, float]:
-        bpd = f"eval/nelbo_bpd{_key_tag(self.dequantization)}"
-        return {
-            bpd: self.bpd_with_residual,
-            f"{bpd}_no_residual": self.bpd_without_residual,
-            f"{bpd}_stderr": self.stderr,
-            f"{bpd}_no_residual_stderr": _stderr_examples(self.without_residual),
-            f"{bpd}_mc_stderr": _stderr_repeats(self.with_residual),
-        }
+        return self._bound_metrics(f"eval/nelbo_bpd{_key_tag(self.dequantization)}")
 
     @staticmethod
     def concat(results: Sequence["NelboResult"]) -> "NelboResult":

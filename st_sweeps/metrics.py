@@ -37,16 +37,16 @@ class Metric:
 
 # --- which settings produce what -----------------------------------------------------------
 def _nll(config: "ExperimentConfig") -> str | None:
-    if config.eval.nll_examples == 0:
-        return "eval.nll_examples = 0 (likelihood not evaluated)"
+    if config.eval.likelihood.examples == 0:
+        return "eval.likelihood.examples = 0 (likelihood not evaluated)"
     return None
 
 
 def _vardeq(config: "ExperimentConfig") -> str | None:
     if (why := _nll(config)) is not None:
         return why
-    if config.eval.dequantization != "variational":
-        return f"eval.dequantization is {config.eval.dequantization!r} (variational is opt-in)"
+    if (kind := config.eval.likelihood.dequantization.name) != "variational":
+        return f"eval.likelihood.dequantization is {kind!r} (variational is opt-in)"
     return None
 
 
@@ -54,7 +54,8 @@ def _spread_over_examples(base: Why) -> Why:
     def why_not(config: "ExperimentConfig") -> str | None:
         if (why := base(config)) is not None:
             return why
-        return "a standard error needs eval.nll_examples >= 2" if config.eval.nll_examples < 2 else None
+        return ("a standard error needs eval.likelihood.examples >= 2" if config.eval.likelihood.examples < 2
+                else None)
     return why_not
 
 
@@ -62,7 +63,8 @@ def _spread_over_repeats(base: Why, field: str) -> Why:
     def why_not(config: "ExperimentConfig") -> str | None:
         if (why := base(config)) is not None:
             return why
-        return f"a Monte-Carlo standard error needs eval.{field} >= 2" if getattr(config.eval, field) < 2 else None
+        return (f"a Monte-Carlo standard error needs eval.likelihood.{field} >= 2"
+                if getattr(config.eval.likelihood, field) < 2 else None)
     return why_not
 
 
@@ -137,7 +139,7 @@ def _likelihood_family(tag: str, base: Why, what: str) -> list[Metric]:
     (tests/test_metrics.py holds the two equal)."""
     nll = f"eval/nll_bpd{tag}"
     out = [
-        *_bound(nll, f"NLL through the probability-flow ODE from x_ε ({what})", base, "nll_repeats"),
+        *_bound(nll, f"NLL through the probability-flow ODE from x_ε ({what})", base, "repeats"),
         Metric(f"eval/nfe_nll{tag}", "NFE", "min", f"network evaluations of the NLL solves ({what})", base),
         Metric(f"eval/nfe_nll{tag}_per_solve", "NFE", "min", "network evaluations per ODE solve", base),
         Metric(f"eval/nll{tag}_examples", "count", None, "test examples the NLL averages", base),

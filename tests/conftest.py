@@ -13,6 +13,13 @@ import torch
 # tests/test_downloads.py lifts it for the download paths, against a server on 127.0.0.1.
 os.environ["ST_SWEEPS_OFFLINE"] = "1"
 
+# One intra-op thread, as `make test` sets: with two, some CPU kernels (convolution gradients)
+# sum partial results in a varying order, and the bit-identical resume and parity tests compare
+# two runs to the last bit. A bare `pytest` gets the same; subprocesses inherit the variable.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # torch-fidelity's file name for its converted TF Inception weights (also st_sweeps.fid.INCEPTION_WEIGHTS_FILE).
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 

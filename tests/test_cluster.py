@@ -512,7 +512,7 @@ def test_readme_cluster_section_as_written(tmp_path: Path) -> None:
         train = readme(commands["train"]) + [
             "--workers", "2", "--gpus-per-worker", "0", "--storage-path", str(shared / "runs"),
             "--set", "train.steps=4", "--set", "train.log_every_steps=2", "--set", "eval.sampler.n_steps=5",
-            "--set", "eval.nll_examples=2", "--set", "eval.num_samples=4"]
+            "--set", "eval.likelihood.examples=2", "--set", "eval.num_samples=4"]
         t_train = time.monotonic()
         out = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         t_train = time.monotonic() - t_train
@@ -522,7 +522,7 @@ def test_readme_cluster_section_as_written(tmp_path: Path) -> None:
 
         tiny = {"resources.workers": 2, "resources.gpus": 0, "resources.cpus": 0.9, "trials": 1,
                 "baseline.seeds": 1, "max_concurrent": 1, "base.train.steps": 4, "base.train.log_every_steps": 2,
-                "base.optim.warmup_steps": 0, "base.model.network.channels": 8, "base.eval.nll_examples": 4,
+                "base.optim.warmup_steps": 0, "base.model.network.channels": 8, "base.eval.likelihood.examples": 4,
                 "base.eval.num_samples": 8, "base.eval.sampler.n_steps": 5,
                 "storage_path": str(shared / "ray_results"),
                 "mlflow.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}

@@ -34,6 +34,7 @@ from st_sweeps.likelihood import (
     nll_bits_per_dim,
     to_bits_per_dim,
 )
+from st_sweeps.likelihood_settings import VariationalDequantization
 from st_sweeps.sde import VPSDE
 from st_sweeps.tracking import NullTracker
 from st_sweeps.trainer import Trainer
@@ -331,18 +332,17 @@ def test_result_labels_and_keys() -> None:
 
 # --- (d) validation -------------------------------------------------------------------------------------
 def test_config_validation() -> None:
-    assert EvalConfig().dequantization == "uniform"
-    with pytest.raises(ConfigError, match=r"dequantization.*allowed: uniform, variational"):
-        EvalConfig(dequantization="flow")  # type: ignore[arg-type]
-    for name, bad in [("dequantizer_steps", 0), ("dequantizer_batch_size", 0), ("dequantizer_hidden", 0),
-                      ("dequantizer_lr", 0.0)]:
+    assert EvalConfig().likelihood.dequantization.name == "uniform"
+    for name, bad in [("steps", 0), ("batch_size", 0), ("hidden", 0), ("lr", 0.0)]:
         with pytest.raises(ConfigError, match=name):
-            EvalConfig(**{name: bad})
-    with pytest.raises(ConfigError, match=r"eval\.dequantization.*allowed: uniform, variational"):
-        experiment_from_dict({"eval": {"dequantization": "flow"}})
-    with pytest.raises(ConfigError, match=r"eval\.dequantization: 'variational' needs 8-bit data.*gmm2d"):
+            VariationalDequantization(**{name: bad})
+        with pytest.raises(ConfigError, match=rf"^eval\.likelihood\.dequantization\.{name}: "):
+            experiment_from_dict({"eval": {"likelihood": {"dequantization": {"name": "variational", name: bad}}}})
+    with pytest.raises(ConfigError, match=r"eval\.likelihood\.dequantization.*allowed: uniform, variational"):
+        experiment_from_dict({"eval": {"likelihood": {"dequantization": "flow"}}})
+    with pytest.raises(ConfigError, match=r"eval\.likelihood\.dequantization: 'variational' needs 8-bit data.*gmm2d"):
         experiment_from_dict({"data": {"dataset": {"name": "gmm2d"}}, "model": {"network": {"name": "mlp"}},
-                              "eval": {"dequantization": "variational"}})
+                              "eval": {"likelihood": {"dequantization": "variational"}}})
     # continuous data and a dequantizer do not mix at the function level either
     deq = Dequantizer((2,), hidden=4)
     sde = VPSDE()
@@ -359,9 +359,9 @@ def test_config_validation() -> None:
 # --- (e) one evaluation end to end --------------------------------------------------------------------------
 # evaluated for the NLL alone, with a few dequantizer steps
 BASE = {**EVAL_BASE, "name": "vardeq-test",
-        "eval": {"nll_examples": 4, "nelbo_repeats": 1, "num_samples": 0, "nll_rtol": 1e-3, "nll_atol": 1e-3,
-                 "dequantization": "variational", "dequantizer_steps": 5, "dequantizer_batch_size": 8,
-                 "dequantizer_hidden": 8}}
+        "eval": {"num_samples": 0,
+                 "likelihood": {"examples": 4, "nelbo_repeats": 1, "rtol": 1e-3, "atol": 1e-3, "dequantization": {
+                     "name": "variational", "steps": 5, "batch_size": 8, "hidden": 8}}}}
 
 
 def test_evaluation_reports_both_dequantizations(tmp_path: Path) -> None:
@@ -376,7 +376,7 @@ def test_evaluation_reports_both_dequantizations(tmp_path: Path) -> None:
     assert "eval/nll_bpd_vardeq_score_sde" not in metrics  # skipped for the variational pass
     # the score model stays frozen while q is fitted
     assert all(torch.equal(v, params[k]) for k, v in trainer.ema.shadow.state_dict().items())
-    uniform = experiment_from_dict(apply_overrides(BASE, {"eval.dequantization": "uniform"}))
+    uniform = experiment_from_dict(apply_overrides(BASE, {"eval.likelihood.dequantization.name": "uniform"}))
     again = evaluate_model(uniform, trainer.ema.shadow, trainer.train_data, trainer.test_data, trainer.terminal_prior,
                            step=0, device=torch.device("cpu"), out_dir=tmp_path / "run", tracker=NullTracker())
     assert again["eval/nll_bpd"] == metrics["eval/nll_bpd"]  # the uniform figures do not move

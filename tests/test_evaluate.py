@@ -23,9 +23,8 @@ BASE = {
     "model": {"network": {"name": "ddpmpp", "channels": 8, "channel_multipliers": [1, 2],
                           "blocks_per_resolution": 1, "attention_resolutions": [], "dropout": 0.0}},
     "train": {"steps": 1, "batch_size": 8},
-    "eval": {"nll_examples": 4, "nelbo_repeats": 1, "num_samples": 8,
-             "sampler": {"name": "euler_maruyama", "n_steps": 10}, "nll_rtol": 1e-3, "nll_atol": 1e-3,
-             "sample_quality": "both"},
+    "eval": {"likelihood": {"examples": 4, "nelbo_repeats": 1, "rtol": 1e-3, "atol": 1e-3}, "num_samples": 8,
+             "sampler": {"name": "euler_maruyama", "n_steps": 10}, "sample_quality": "both"},
 }
 
 
@@ -71,7 +70,7 @@ def test_without_inception_weights_fid_is_missing_never_a_number(tmp_path: Path,
 def test_with_local_inception_weights_fid_is_computed(tmp_path: Path, monkeypatch, random_inception_weights) -> None:
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(random_inception_weights))
     monkeypatch.setenv(FID_CACHE_ENV, str(tmp_path / "fid_cache"))
-    cfg = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid",
+    cfg = apply_overrides(BASE, {"eval.likelihood.examples": 0, "eval.sample_quality": "fid",
                                "eval.sample_quality.reference_examples": 16, "eval.num_samples": 10})  # 10: one per IS split
     metrics, tags = run_eval(cfg, tmp_path)
     assert "eval/fid_missing_reason" not in tags.tags and "eval/inception_score_missing_reason" not in tags.tags
@@ -110,7 +109,7 @@ def use_stand_in_inception(tmp_path: Path, monkeypatch) -> None:
 def test_fewer_samples_than_inception_score_splits_tag_the_score_missing(tmp_path: Path, monkeypatch) -> None:
     """8 samples, 10 IS splits (the default): FID is a number, the IS is missing with its own reason."""
     use_stand_in_inception(tmp_path, monkeypatch)
-    cfg = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid"})
+    cfg = apply_overrides(BASE, {"eval.likelihood.examples": 0, "eval.sample_quality": "fid"})
     metrics, tags = run_eval(cfg, tmp_path)
     assert math.isfinite(metrics["eval/fid"]) and "eval/fid_missing_reason" not in tags.tags
     assert "eval/inception_score" not in metrics and "eval/inception_score_std" not in metrics
@@ -131,7 +130,7 @@ def test_inception_score_splits_reach_the_score(tmp_path: Path, monkeypatch) -> 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fid, "compute_fid", spy)
-    one = apply_overrides(BASE, {"eval.nll_examples": 0, "eval.sample_quality": "fid",
+    one = apply_overrides(BASE, {"eval.likelihood.examples": 0, "eval.sample_quality": "fid",
                                  "eval.sample_quality.inception_score_splits": 1})
     metrics, tags = run_eval(one, tmp_path / "one")
     assert seen == [1] and "eval/inception_score_missing_reason" not in tags.tags
@@ -155,8 +154,8 @@ def test_two_dimensional_data_evaluates_with_exact_density_scale(tmp_path: Path)
         "name": "gmm", "data": {"dataset": {"name": "gmm2d", "n_train": 512, "n_test": 64}},
         "truncation": {"eps": 1e-3}, "model": {"network": {"name": "mlp", "hidden": 32, "layers": 1}},
         "train": {"steps": 1, "batch_size": 16},
-        "eval": {"nll_examples": 8, "nll_trace": "exact", "nelbo_repeats": 1, "num_samples": 32,
-                 "sampler": {"name": "ode", "rtol": 1e-3, "atol": 1e-3}, "nll_rtol": 1e-3, "nll_atol": 1e-3},
+        "eval": {"likelihood": {"examples": 8, "trace": "exact", "nelbo_repeats": 1, "rtol": 1e-3, "atol": 1e-3},
+                 "num_samples": 32, "sampler": {"name": "ode", "rtol": 1e-3, "atol": 1e-3}},
     }
     metrics, tags = run_eval(cfg, tmp_path)
     assert "eval/pixel_fd" in metrics and "eval/nll_bpd" in metrics

@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                    "diagnostics", "plots", "report"),
     "math": ("sde", "truncation", "weighting", "objectives", "aux_prior", "gaussian_mixture", "effective_weight",
              "dequantization", "ode_solver", "ode_batched", "likelihood", "likelihood_fast", "likelihood_time",
-             "likelihood_trace", "sampling", "sample_quality", "networks", "ema", "inception_score", "fid",
+             "likelihood_trace", "likelihood_settings", "sampling", "sample_quality", "networks", "ema", "inception_score", "fid",
              "gmm_quality", "data"),
     "experiment": ("digits_fd", "experiment", "evaluate", "metrics", "search_space"),
     "training": ("tracking", "trainer"),

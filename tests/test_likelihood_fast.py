@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from st_sweeps.errors import ConfigError
-from st_sweeps.experiment import EvalConfig
+from st_sweeps.experiment import EvalConfig, experiment_from_dict
 from st_sweeps.gaussian_mixture import GaussianMixture
 from st_sweeps.likelihood import LikelihoodConfig, nll_bits_per_dim, sample_probes
 from st_sweeps.likelihood_fast import fast_ode_log_likelihood
@@ -214,7 +214,7 @@ def test_solver_is_a_validated_setting_and_both_solvers_agree() -> None:
     kw = dict(eps=EPS, discrete=False, centered=False, trace="exact", score_sde_protocol=False)
     fast = nll_bits_per_dim(data.score_fn(sde), sde, x0, generator=_gen(12), solver="fast", **kw)
     exact_mode = nll_bits_per_dim(data.score_fn(sde), sde, x0, generator=_gen(12), solver="scipy_exact", **kw)
-    assert LikelihoodConfig().solver == "scipy_exact" and EvalConfig().nll_solver == "scipy_exact"
+    assert LikelihoodConfig().solver == "scipy_exact" and EvalConfig().likelihood.solver == "scipy_exact"
     assert [resolve_time_variable(s, "auto") for s in SDES.values()] == ["t", "t", "sigma_ratio", "sigma_ratio"]
     assert float((fast.without_residual - exact_mode.without_residual).abs().max()) < 1e-3
     with_probes = nll_bits_per_dim(data.score_fn(sde), sde, x0, generator=_gen(12), eps=EPS, discrete=False,
@@ -225,6 +225,6 @@ def test_solver_is_a_validated_setting_and_both_solvers_agree() -> None:
             LikelihoodConfig(**bad)
         assert info.value.field == next(iter(bad))
     with pytest.raises(ConfigError, match="scipy_exact") as info:
-        EvalConfig(nll_solver="rk45")
-    assert info.value.field == "nll_solver"
+        experiment_from_dict({"eval": {"likelihood": {"solver": "rk45"}}})
+    assert info.value.field == "eval.likelihood.solver"
 

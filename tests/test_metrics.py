@@ -20,25 +20,29 @@ from st_sweeps.trainer import Trainer
 
 UNET = {"name": "ddpmpp", "channels": 8, "channel_multipliers": [1, 2], "blocks_per_resolution": 1,
         "attention_resolutions": [], "dropout": 0.0}
-FAST_EVAL = {"nelbo_repeats": 1, "sampler": {"name": "euler_maruyama", "n_steps": 4}, "nll_rtol": 1e-2,
-             "nll_atol": 1e-2}
+FAST_EVAL = {"sampler": {"name": "euler_maruyama", "n_steps": 4}}
+FAST_NLL = {"nelbo_repeats": 1, "rtol": 1e-2, "atol": 1e-2}
 
 CASES = {
     # 8-bit digits, uniform dequantization, pixel FD and FID (no weights here: FID missing)
     "digits_both": {"data": {"dataset": {"name": "digits"}}, "model": {"network": UNET},
-                    "eval": {**FAST_EVAL, "nll_examples": 2, "num_samples": 8, "sample_quality": "both"}},
+                    "eval": {**FAST_EVAL, "likelihood": {**FAST_NLL, "examples": 2}, "num_samples": 8,
+                             "sample_quality": "both"}},
     # one example: no spread over examples; two repeats: a Monte-Carlo spread; no samples
     "one_example_two_repeats": {"data": {"dataset": {"name": "digits"}}, "model": {"network": UNET},
-                                "eval": {**FAST_EVAL, "nll_examples": 1, "nll_repeats": 2, "nelbo_repeats": 2,
-                                         "num_samples": 0}},
+                                "eval": {**FAST_EVAL, "num_samples": 0,
+                                         "likelihood": {**FAST_NLL, "examples": 1, "repeats": 2,
+                                                        "nelbo_repeats": 2}}},
     # the variational dequantization's keys beside the uniform ones
     "vardeq": {"data": {"dataset": {"name": "digits"}}, "model": {"network": UNET},
-               "eval": {**FAST_EVAL, "nll_examples": 2, "num_samples": 0, "dequantization": "variational",
-                        "dequantizer_steps": 2, "dequantizer_batch_size": 4, "dequantizer_hidden": 4}},
+               "eval": {**FAST_EVAL, "num_samples": 0,
+                        "likelihood": {**FAST_NLL, "examples": 2, "dequantization": {
+                            "name": "variational", "steps": 2, "batch_size": 4, "hidden": 4}}}},
     # continuous 2-D mixture: exact-density sample quality, no likelihood
     "gmm_exact": {"data": {"dataset": {"name": "gmm2d", "n_train": 256, "n_test": 32}},
                   "model": {"network": {"name": "mlp", "hidden": 16, "layers": 1}},
-                  "eval": {**FAST_EVAL, "nll_examples": 0, "num_samples": 16, "sample_quality": "gmm_exact"}},
+                  "eval": {**FAST_EVAL, "likelihood": {"examples": 0}, "num_samples": 16,
+                           "sample_quality": "gmm_exact"}},
 }
 
 
@@ -64,7 +68,8 @@ def test_an_evaluation_returns_exactly_the_keys_the_declarations_predict(case, t
 def test_every_key_a_training_run_writes_is_declared(tmp_path):
     config = _config({"data": {"dataset": {"name": "digits"}}, "model": {"network": UNET},
                       "train": {"steps": 4, "batch_size": 4, "log_every_steps": 2, "eval_every_steps": 4},
-                      "eval": {**FAST_EVAL, "nll_examples": 2, "num_samples": 4, "sample_quality": "pixel_fd"}})
+                      "eval": {**FAST_EVAL, "likelihood": {**FAST_NLL, "examples": 2}, "num_samples": 4,
+                               "sample_quality": "pixel_fd"}})
     Trainer(config, tmp_path / "run", progress=False).fit()
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     keys = {k for line in lines for k in line if "/" in k}
@@ -86,8 +91,8 @@ def test_the_reproduction_columns_read_declared_keys_with_their_units():
 
 
 def test_why_not_names_the_setting():
-    config = _config({"eval": {"nll_examples": 0, "num_samples": 8, "sample_quality": "pixel_fd"}})
-    assert "eval.nll_examples = 0" in metrics.produced("eval/nll_bpd", config)
+    config = _config({"eval": {"likelihood": {"examples": 0}, "num_samples": 8, "sample_quality": "pixel_fd"}})
+    assert "eval.likelihood.examples = 0" in metrics.produced("eval/nll_bpd", config)
     assert "eval.sample_quality is 'pixel_fd'" in metrics.produced("eval/fid", config)
     assert metrics.produced("eval/pixel_fd", config) is None
     with pytest.raises(Exception, match="unknown metric 'eval/nope'"):

@@ -47,8 +47,8 @@ def tiny_config(steps: int, eval_every: int = 0) -> ExperimentConfig:
         "optim": {"lr": 1e-3, "warmup_steps": 0, "ema_decay": 0.9},
         "train": {"steps": steps, "batch_size": 16, "micro_batch_size": 8, "log_every_steps": 1,
                   "eval_every_steps": eval_every, "keep_checkpoints": 0},
-        "eval": {"nll_examples": 2, "nelbo_repeats": 1, "num_samples": 0, "sample_quality": "none",
-                 "nll_rtol": 1e-2, "nll_atol": 1e-2},
+        "eval": {"likelihood": {"examples": 2, "nelbo_repeats": 1, "rtol": 1e-2, "atol": 1e-2},
+                 "num_samples": 0, "sample_quality": "none"},
     })
 
 
@@ -212,7 +212,7 @@ def test_cli_local_run_completes(tmp_path: Path) -> None:
     out = cli(str(REPO / "configs" / "digits_small.yaml"), "--local", "--threads", "1",  # see local_run
               "--storage-path", str(tmp_path / "runs"),
               "--set", "train.steps=4", "--set", "train.log_every_steps=2", "--set", "eval.sampler.n_steps=5",
-              "--set", "eval.nll_examples=2", cwd=tmp_path)
+              "--set", "eval.likelihood.examples=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "digits_small"
     assert ckpt.load(ckpt.latest_checkpoint(run_dir / "checkpoints"))["step"] == 4

@@ -18,6 +18,7 @@ from PIL import Image
 
 from st_sweeps.config import to_spec
 from st_sweeps.errors import ConfigError
+from st_sweeps.likelihood_settings import UniformDequantization
 from st_sweeps.reproduce.cli import main
 from st_sweeps.reproduce.gpu_hours import estimate_lines, estimate_rows, time_training_steps
 from st_sweeps.reproduce.launch import missing_reasons
@@ -162,15 +163,15 @@ def test_smoke_measures_what_the_rows_evaluate_and_says_why_the_rest_is_missing(
     assert float(variational["ours_minus_paper"]) == pytest.approx(float(variational["ours_mean"]) - 2.91)
     assert int(variational["n_seeds_with_value"]) == 2 and variational["missing_reason"] == ""
     assert not any(c == "no" for (_, _, _, c) in by)  # nothing is recorded without a comparison
-    assert "eval.dequantization is 'uniform'" in by[("cifar10", "uncsnpp_rve_st", "nll_bpd_vardeq", "yes")][
+    assert "eval.likelihood.dequantization is 'uniform'" in by[("cifar10", "uncsnpp_rve_st", "nll_bpd_vardeq", "yes")][
         "missing_reason"]
-    assert "nll_examples = 0" in by[("stl10", "uncsnpp_rve_st", "nll_bpd_vardeq", "yes")]["missing_reason"]
+    assert "likelihood.examples = 0" in by[("stl10", "uncsnpp_rve_st", "nll_bpd_vardeq", "yes")]["missing_reason"]
     assert by[("celeba", "uncsnpp_rve_st", "nelbo_bpd", "yes")]["ours_mean"] != ""
     assert "Inception weights" in by[("cifar10", "uncsnpp_rve_st", "fid", "yes")]["missing_reason"]
     is_reason = by[("stl10", "uncsnpp_rve_st", "inception_score", "yes")]["missing_reason"]
     assert "Inception weights" in is_reason  # computed with FID, so missing for FID's reason
     assert is_reason == by[("stl10", "uncsnpp_rve_st", "fid", "yes")]["missing_reason"]
-    assert "nll_examples = 0" in by[("celebahq", "uncsnpp_rve_st", "nll_bpd", "yes")]["missing_reason"]
+    assert "likelihood.examples = 0" in by[("celebahq", "uncsnpp_rve_st", "nll_bpd", "yes")]["missing_reason"]
 
 
 def test_inception_score_is_filled_from_the_metrics_and_missing_with_fid():
@@ -196,13 +197,15 @@ def test_variational_nll_is_compared_where_the_row_evaluates_it_and_missing_else
     m = load_manifest(manifest_path("cifar10"))
     ddpm, rve = m.row("ddpmpp_vp_fid_st"), m.row("uncsnpp_rve_st")
     paper = row_config(m, ddpm, "paper", 0, True)
-    assert (paper.eval.dequantization, paper.eval.dequantizer_steps) == ("variational", 10000)
+    fit = paper.eval.likelihood.dequantization
+    assert (fit.name, fit.steps, fit.batch_size) == ("variational", 10000, 64)
+    small = row_config(m, ddpm, "smoke", 0, False).eval.likelihood.dequantization
+    assert (small.name, small.steps, small.batch_size, small.lr, small.hidden) == ("variational", 2, 8, fit.lr,
+                                                                                  fit.hidden)  # shrunk, still run
     small = row_config(m, ddpm, "smoke", 0, False)
-    assert small.eval.dequantization == "variational"
-    assert (small.eval.dequantizer_steps, small.eval.dequantizer_batch_size) == (2, 8)  # shrunk, still run
     assert "eval/nll_bpd_vardeq" not in missing_reasons(small, {}, "")
     rve_small = row_config(m, rve, "smoke", 0, False)
-    assert rve_small.eval.dequantization == "uniform" and rve_small.eval.dequantizer_steps == 1000  # untouched
+    assert rve_small.eval.likelihood.dequantization == UniformDequantization()  # untouched
     why = missing_reasons(rve_small, {}, "")["eval/nll_bpd_vardeq"]
     assert why.startswith("not evaluated:") and "'uniform'" in why
 
@@ -349,7 +352,8 @@ def test_manifests_pin_the_reference_numbers():
         for r in m.rows:  # a paper IS is compared under the paper's protocol: all samples as one split
             config = r.experiment(0, d)
             assert config.eval.sample_quality.inception_score_splits == (1 if r.paper.inception_score.value is not None else 10)
-            assert (config.eval.dequantization == "variational") == (r.paper.nll_bpd_vardeq.value is not None)
+            assert ((config.eval.likelihood.dequantization.name == "variational")
+                    == (r.paper.nll_bpd_vardeq.value is not None))
         assert m.protocol.paper_fid == ("tf_inception" if d in ("cifar10", "imagenet32") else "clean_fid")
 
 
@@ -360,7 +364,7 @@ def test_paper_configs_keep_the_rows_physics_at_smoke_scale():
             paper = row_config(m, row, "paper", 0, False)
             small = row_config(m, row, "smoke", 0, False)
             for part in ("sde", "truncation", "objective", "optim.ema_decay", "model.time_input",
-                         "eval.dequantization", "data.centered"):
+                         "eval.likelihood.dequantization.name", "data.centered"):
                 a, b = paper, small
                 for attr in part.split("."):
                     a, b = getattr(a, attr), getattr(b, attr)

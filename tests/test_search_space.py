@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 VALID = {
-    "base": {"train": {"steps": 40, "eval_every_steps": 10}, "eval": {"nll_examples": 8}},
+    "base": {"train": {"steps": 40, "eval_every_steps": 10}, "eval": {"likelihood": {"examples": 8}}},
     "space": {
         "truncation.prior.name": {"type": "categorical", "choices": ["fixed", "power_law"]},
         "truncation.prior.k": {"type": "float", "low": 0.5, "high": 3.0, "when": {"truncation.prior.name": "power_law"}},
@@ -90,7 +90,7 @@ def test_shipped_files_cover_the_brief() -> None:
     assert prior.trials >= 8 and prior.metrics == ["eval/nll_bpd", "eval/digits_fd"]
     assert prior.baseline is not None and prior.baseline.seeds >= 3
     assert prior.baseline.params == {"truncation.prior.name": "fixed", "truncation.eps": 1e-5}
-    assert prior.reference.eval.nll_examples >= 256 and prior.reference.eval.num_samples >= 256
+    assert prior.reference.eval.likelihood.examples >= 256 and prior.reference.eval.num_samples >= 256
     assert prior.reference.train.steps >= 1000 and prior.reference.model.network.channels >= 16
     for space in (load_search_space(p) for p in SHIPPED):
         assert space.baseline is not None and space.baseline.seeds >= 2, space.source
@@ -200,7 +200,7 @@ def test_grid_searcher(tmp_path: Path) -> None:
     (mutate("base/train/stepz", 3), "base.train.stepz", "steps"),  # bad base config
     (mutate("base/train/batch_size", 0), "base.train.batch_size", ">= 1"),
     (mutate("base/truncation", {"prior": {"name": "cosine"}}), "base.truncation.prior.name", "power_law"),
-    (mutate("base/eval/nll_examples", 0), "objectives[0].metric", "evaluation computes"),
+    (mutate("base/eval/likelihood/examples", 0), "objectives[0].metric", "evaluation computes"),
     (mutate("resources/workers", 0), "resources.workers", ">= 1"),
     (mutate("trials", 0), "trials", ">= 1"),
     (mutate("name", "a/b"), "name", "no '/'"),

@@ -39,7 +39,7 @@ SWEEP = {
                               "blocks_per_resolution": 1, "attention_resolutions": [], "dropout": 0.0}},
         "optim": {"lr": 3e-3, "warmup_steps": 0, "ema_decay": 0.5},
         "train": {"steps": 20, "batch_size": 16, "eval_every_steps": 10, "log_every_steps": 5},
-        "eval": {"nll_examples": 8, "nll_rtol": 1e-3, "nll_atol": 1e-3, "nelbo_repeats": 1, "num_samples": 4,
+        "eval": {"likelihood": {"examples": 8, "rtol": 1e-3, "atol": 1e-3, "nelbo_repeats": 1}, "num_samples": 4,
                  "sampler": {"name": "euler_maruyama", "n_steps": 10}, "sample_quality": "none"},
     },
     "space": {

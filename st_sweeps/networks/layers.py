@@ -225,26 +225,37 @@ class FIRConv2d(nn.Module, Initialisable):
         return x + self.bias[None, :, None, None]
 
 
-class Upsample(nn.Module):
-    """×2 upsampling, optionally with a 3×3 convolution to ``out_ch`` channels.
+class _Resample(nn.Module):
+    """×2 up- or downsampling, optionally with a 3×3 convolution to ``out_ch`` channels; with
+    ``fir_taps`` an FIR filter (fused with the convolution if any)."""
 
-    plain: nearest neighbour (then the conv); fir: FIR filter (fused with the conv if any)."""
-
-    def __init__(self, in_ch: int, out_ch: int | None = None, with_conv: bool = True,
-                 fir_taps: Sequence[float] | None = None):
+    def __init__(self, direction: str, in_ch: int, out_ch: int | None, with_conv: bool,
+                 fir_taps: Sequence[float] | None):
         super().__init__()
         out_ch = out_ch or in_ch
         self.conv: nn.Module | None = None
         if fir_taps is not None:
             self.register_buffer("fir", fir_kernel_2d(fir_taps), persistent=False)
             if with_conv:
-                self.conv = FIRConv2d(in_ch, out_ch, "up", fir_taps)
+                self.conv = FIRConv2d(in_ch, out_ch, direction, fir_taps)
         else:
             self.fir = None
-            if with_conv:
-                self.conv = Conv2d(in_ch, out_ch, 3)
+            if with_conv:  # down: stride 2 on the input padded by one on the right/bottom ('SAME' in TF)
+                self.conv = (Conv2d(in_ch, out_ch, 3) if direction == "up"
+                             else Conv2d(in_ch, out_ch, 3, stride=2, padding=0))
         if self.conv is None and out_ch != in_ch:
-            raise ValueError("an upsample without a convolution cannot change the channel count")
+            raise ValueError(f"a{'n' if direction == 'up' else ''} {direction}sample without a convolution "
+                             "cannot change the channel count")
+
+
+class Upsample(_Resample):
+    """×2 upsampling, optionally with a 3×3 convolution to ``out_ch`` channels.
+
+    plain: nearest neighbour (then the conv); fir: FIR filter (fused with the conv if any)."""
+
+    def __init__(self, in_ch: int, out_ch: int | None = None, with_conv: bool = True,
+                 fir_taps: Sequence[float] | None = None):
+        super().__init__("up", in_ch, out_ch, with_conv, fir_taps)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fir is not None:
@@ -253,7 +264,7 @@ class Upsample(nn.Module):
         return self.conv(x) if self.conv is not None else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """×2 downsampling, optionally with a 3×3 convolution to ``out_ch`` channels.
 
     plain: stride-2 conv on the input padded by one on the right/bottom ('SAME' in TF), or 2×2
@@ -261,19 +272,7 @@ class Downsample(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int | None = None, with_conv: bool = True,
                  fir_taps: Sequence[float] | None = None):
-        super().__init__()
-        out_ch = out_ch or in_ch
-        self.conv: nn.Module | None = None
-        if fir_taps is not None:
-            self.register_buffer("fir", fir_kernel_2d(fir_taps), persistent=False)
-            if with_conv:
-                self.conv = FIRConv2d(in_ch, out_ch, "down", fir_taps)
-        else:
-            self.fir = None
-            if with_conv:
-                self.conv = Conv2d(in_ch, out_ch, 3, stride=2, padding=0)
-        if self.conv is None and out_ch != in_ch:
-            raise ValueError("a downsample without a convolution cannot change the channel count")
+        super().__init__("down", in_ch, out_ch, with_conv, fir_taps)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fir is not None:

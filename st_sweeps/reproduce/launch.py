@@ -33,12 +33,13 @@ class Launch:
 def missing_reasons(config: ExperimentConfig, tags: Mapping[str, str], weights_status: str) -> dict[str, str]:
     """Why a metric will have no value, as known from the config and the evaluation's tags."""
     reasons: dict[str, str] = {}
-    if config.eval.nll_examples == 0:
-        why = "not evaluated: eval.nll_examples = 0 for this row (the paper reports no likelihood here)"
+    likelihood = config.eval.likelihood
+    if likelihood.examples == 0:
+        why = "not evaluated: eval.likelihood.examples = 0 for this row (the paper reports no likelihood here)"
         reasons["eval/nll_bpd"] = reasons["eval/nelbo_bpd"] = reasons["eval/nll_bpd_vardeq"] = why
-    elif config.eval.dequantization != "variational":
-        reasons["eval/nll_bpd_vardeq"] = ("not evaluated: this row's eval.dequantization is "
-                                          f"{config.eval.dequantization!r} (variational is opt-in)")
+    elif likelihood.dequantization.name != "variational":
+        reasons["eval/nll_bpd_vardeq"] = ("not evaluated: this row's eval.likelihood.dequantization is "
+                                          f"{likelihood.dequantization.name!r} (variational is opt-in)")
     if config.eval.num_samples == 0:
         reasons["eval/fid"] = "not evaluated: eval.num_samples = 0"
     elif not has_fid(config):

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from st_sweeps.config import apply_overrides, to_dict, to_spec
 from st_sweeps.errors import ConfigError
 from st_sweeps.experiment import ExperimentConfig, experiment_from_dict
+from st_sweeps.likelihood_settings import VariationalDequantization
 from st_sweeps.reproduce.manifest import Manifest, Row, SmokeScale
 
 
@@ -44,16 +45,19 @@ def smoke_config(row: Row, smoke: SmokeScale, dataset: str, seed: int, fid_avail
     if "rtol" in sampler:  # the ODE sampler: the smoke tolerance, as for the NLL
         sampler.update(rtol=s.nll_tolerance, atol=s.nll_tolerance)
     inception = {k: v for k, v in to_dict(paper.sample_quality).items() if k != "name"}
+    likelihood = to_dict(paper.likelihood)
+    likelihood.update(examples=min(s.nll_examples, paper.likelihood.examples), rtol=s.nll_tolerance,
+                      atol=s.nll_tolerance, nelbo_repeats=s.nelbo_repeats)
+    fit = paper.likelihood.dequantization
+    likelihood["dequantization"] = to_spec(fit)
+    if isinstance(fit, VariationalDequantization):
+        likelihood["dequantization"].update(steps=min(s.dequantizer_steps, fit.steps),
+                                            batch_size=min(s.dequantizer_batch_size, fit.batch_size))
     data["eval"] = {
-        **data.get("eval", {}),
-        "nll_examples": min(s.nll_examples, paper.nll_examples),
-        "nll_rtol": s.nll_tolerance, "nll_atol": s.nll_tolerance, "nelbo_repeats": s.nelbo_repeats,
+        **data.get("eval", {}), "likelihood": likelihood,
         "num_samples": s.num_samples, "batch_size": s.eval_batch_size, "sampler": sampler,
         "sample_quality": {"name": "both", **inception} if fid_available else "pixel_fd",
     }
-    if paper.dequantization == "variational":
-        data["eval"].update(dequantizer_steps=min(s.dequantizer_steps, paper.dequantizer_steps),
-                            dequantizer_batch_size=min(s.dequantizer_batch_size, paper.dequantizer_batch_size))
     data = apply_overrides(data, s.overrides, ExperimentConfig)
     try:
         return experiment_from_dict(data)
@@ -86,11 +90,12 @@ def describe_config(config: ExperimentConfig) -> str:
     obj_text = obj.pop("name") + "(" + ", ".join(f"{k}={short_spec(v)}" for k, v in obj.items()) + ")"
     ev = c.eval
     sampler = short_spec(to_spec(ev.sampler))
+    lik, fit = ev.likelihood, ev.likelihood.dequantization
     deq = "uniform dequantization" + (
-        f", and variational (q fitted {ev.dequantizer_steps} steps at batch {ev.dequantizer_batch_size}, "
-        f"lr {ev.dequantizer_lr:g}, hidden {ev.dequantizer_hidden})" if ev.dequantization == "variational" else "")
-    nll = (f"NLL/NELBO on {ev.nll_examples} test images ({deq}, rtol=atol={ev.nll_rtol:g}, "
-           f"{ev.nll_repeats} pass(es), NELBO {ev.nelbo_repeats})" if ev.nll_examples else "no NLL")
+        f", and variational (q fitted {fit.steps} steps at batch {fit.batch_size}, lr {fit.lr:g}, "
+        f"hidden {fit.hidden})" if isinstance(fit, VariationalDequantization) else "")
+    nll = (f"NLL/NELBO on {lik.examples} test images ({deq}, rtol=atol={lik.rtol:g}, "
+           f"{lik.repeats} pass(es), NELBO {lik.nelbo_repeats})" if lik.examples else "no NLL")
     quality = ev.sample_quality.name + (
         f", IS over {splits_text(ev.sample_quality.inception_score_splits)}" if has_fid(c) else "")
     return (f"{c.data.dataset.shape[1]}px, {type(c.sde).registry_name}({sde}); {type(net).registry_name} "  # type: ignore[attr-defined]

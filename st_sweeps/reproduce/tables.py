@@ -147,7 +147,7 @@ def notes_lines(manifest: Manifest, scale: str, configs: Mapping[str, Experiment
                      "FID is.")
     lines.append("- NLL here: `NLL (bpd)` is uniform dequantization, compared with the paper's uniform (or unstated) "
                  "figure. `NLL, var. deq. (bpd)` is variational dequantization, measured only for rows whose config "
-                 "sets eval.dequantization = variational: a small q(u|x) of our own (a network with a per-pixel "
+                 "sets eval.likelihood.dequantization = variational: a small q(u|x) of our own (a network with a per-pixel "
                  "logistic output, not the paper's dequantizer) fitted on training images against the frozen EMA "
                  "model's SDE bound, then the ODE bound E_q[−log p + log q]; compared with the paper's variational "
                  "figure.")
