@@ -21,6 +21,13 @@ ratios to the SciPy row of the same run.
 
     python benchmarks/likelihood_vs_scipy.py --quick
     python benchmarks/likelihood_vs_scipy.py --append benchmarks/RESULTS.md
+    python benchmarks/likelihood_vs_scipy.py --device cuda --width 64 --images 64 --batch 32 \
+        --mixture-examples 1024 --mixture-batch 256      # on a GPU: where the host round trip costs
+
+With ``--device cuda`` every evaluator's tensors live on the GPU (SciPy's round trip copies the
+state to the host and back at each evaluation, as score_sde's evaluator does), timings wait for
+the device, and a column counts the host synchronisations of one batch's solve (CUDA's sync debug
+mode, on an extra untimed pass).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,14 +88,15 @@ def mixture_problem(n: int, dim: int, seed: int = 0) -> Problem:
                            0.5 * torch.randn(k, dim, generator=g, dtype=torch.float64),
                            torch.linspace(0.05, 0.3, k, dtype=torch.float64))
     sde = SDE.registry.build(ARGS.sde, "sde")
-    tt = lambda t, like: torch.full((like.shape[0],), t, dtype=like.dtype)  # noqa: E731
+    tt = lambda t, like: torch.full((like.shape[0],), t, dtype=like.dtype, device=like.device)  # noqa: E731
     x0 = data.sample(n, g)
     x_eps = sde.perturb(x0, tt(EPS, x0), torch.randn(x0.shape, generator=g, dtype=torch.float64))
     exact = data.log_prob(x_eps, sde.mean_scale(tt(EPS, x_eps)), sde.std(tt(EPS, x_eps)))
+    data = GaussianMixture(data.weights.to(DEVICE), data.means.to(DEVICE), data.stds.to(DEVICE))
     prior = lambda x: data.log_prob(x.double(), sde.mean_scale(tt(sde.T, x).double()),  # noqa: E731
                                     sde.std(tt(sde.T, x).double())).to(x.dtype)
-    return Problem(f"(a) Gaussian mixture, D = {dim}, 8 components, exact score, {ARGS.sde} SDE", sde, x_eps.float(),
-                   data.score_fn(sde), data.score_fn(sde), prior, exact)
+    return Problem(f"(a) Gaussian mixture, D = {dim}, 8 components, exact score, {ARGS.sde} SDE", sde,
+                   x_eps.float().to(DEVICE), data.score_fn(sde), data.score_fn(sde), prior, exact)
 
 
 def digit_images(n: int, size: int, channels: int) -> torch.Tensor:
@@ -103,7 +112,7 @@ def unet_problem(n: int, size: int, width: int, seed: int = 0) -> Problem:
     sde = SDE.registry.build(ARGS.sde, "sde")
     cfg = DDPMpp(channels=width, channel_multipliers=(1, 2), blocks_per_resolution=1, attention_resolutions=(),
                  dropout=0.0, init_scale=1.0)  # init_scale 1: residual branches not zeroed (random weights)
-    net = cfg.build((3, size, size), torch.Generator().manual_seed(seed)).eval()
+    net = cfg.build((3, size, size), torch.Generator().manual_seed(seed)).eval().to(DEVICE)
     for p in net.parameters():
         p.requires_grad_(False)
     # time input log σ(t): with random weights, 999·t through the positional embedding would make
@@ -112,32 +121,33 @@ def unet_problem(n: int, size: int, width: int, seed: int = 0) -> Problem:
     model64 = ScoreModel(copy.deepcopy(net).double(), sde, time_input="log_sigma")
     x = dequantize(digit_images(n, size, 3), centered=False, generator=torch.Generator().manual_seed(seed + 1))
     return Problem(f"(b) U-Net (DDPM++ layout, width {width}, random weights), 3×{size}×{size} digits, {ARGS.sde} SDE",
-                   sde, x, model32, model64, None, None)
+                   sde, x.to(DEVICE), model32, model64, None, None)
 
 
 # --------------------------------------------------------------------------------------------
 # Evaluators: (score, sde, x [b, ...], probes [P, b, ...] or None, prior) -> (logp [b], example NFE [b])
 # --------------------------------------------------------------------------------------------
 def scipy_rk45(score, sde, x, probes, prior):
-    """The published evaluator's loop: float64 NumPy state, torch ↔ NumPy at every evaluation."""
+    """The published evaluator's loop: float64 NumPy state on the host, torch ↔ NumPy (and host ↔
+    device) at every evaluation."""
     probe = probes[0]
-    shape, b, n = x.shape, x.shape[0], x.numel()
+    shape, b, n, device = x.shape, x.shape[0], x.numel(), x.device
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        xs = torch.from_numpy(y[:n]).reshape(shape).to(dtype=torch.float32)
-        tt = torch.full((b,), t)
+        xs = torch.from_numpy(y[:n]).reshape(shape).to(device=device, dtype=torch.float32)
+        tt = torch.full((b,), t, device=device)
         with torch.enable_grad():
             xs.requires_grad_(True)
             drift = sde.probability_flow_drift(xs, tt, score(xs, tt))
             (vjp,) = torch.autograd.grad((drift * probe).sum(), xs)
         div = (vjp * probe).reshape(b, -1).sum(1)
-        return np.concatenate([drift.detach().numpy().reshape(-1), div.numpy()]).astype(np.float64)
+        return np.concatenate([drift.detach().cpu().numpy().reshape(-1), div.cpu().numpy()]).astype(np.float64)
 
-    y0 = np.concatenate([x.numpy().reshape(-1), np.zeros(b)]).astype(np.float64)
+    y0 = np.concatenate([x.cpu().numpy().reshape(-1), np.zeros(b)]).astype(np.float64)
     sol = solve_ivp(rhs, (EPS, sde.T), y0, method="RK45", rtol=ARGS.tol, atol=ARGS.tol)
     if sol.status != 0:
         raise RuntimeError(f"solve_ivp failed: {sol.message}")
-    y_T = torch.from_numpy(sol.y[:, -1])
+    y_T = torch.from_numpy(sol.y[:, -1]).to(device)
     p = sde.prior_logp if prior is None else prior
     return p(y_T[:n].reshape(shape)) + y_T[n:], torch.full((b,), sol.nfev)
 
@@ -227,8 +237,29 @@ def tight_reference(problem: Problem, probes: torch.Tensor, batch: int) -> torch
         r = fast_ode_log_likelihood(problem.score64, problem.sde, xb, eps=EPS, probes=probes[:, s:s + batch].double(),
                                     prior_logp=problem.prior, rtol=1e-8, atol=1e-8, ode_float64=True,
                                     time_variable="sigma_ratio", max_nfe=1_000_000)
-        out.append(r.logp_per_probe)
+        out.append(r.logp_per_probe.cpu())
     return torch.cat(out, 1)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_host_syncs(fn, problem: Problem, probes: torch.Tensor, batch: int) -> int | None:
+    """Host synchronisations of one batch's solve (CUDA's sync debug mode warns at each); None on a CPU."""
+    if DEVICE.type != "cuda":
+        return None
+    xb, pb = problem.x[:batch], probes[:, :batch]
+    synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn(problem.score32, problem.sde, xb, pb, problem.prior)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def measure(problem: Problem, rows, probes: torch.Tensor, batch: int) -> list[dict]:
@@ -241,22 +272,27 @@ def measure(problem: Problem, rows, probes: torch.Tensor, batch: int) -> list[di
             if hasattr(fn, "stderr"):
                 fn.stderr.clear()
             parts, nfes = [], []
+            synchronize()
             tic = time.perf_counter()
             for s in range(0, n, batch):
                 lp, ex = fn(problem.score32, problem.sde, problem.x[s:s + batch], probes[:, s:s + batch], problem.prior)
                 parts.append(lp.double())
                 nfes.append(ex.double())
+            synchronize()
             rates.append(n / (time.perf_counter() - tic))
+            parts, nfes = [v.cpu() for v in parts], [v.cpu() for v in nfes]
             logp, nfe = torch.cat(parts), torch.cat(nfes)
         n_used = N_PROBES if key == "fast_probes" else 1
         ref_same = ref[:n_used].mean(0)
         to_bpd = lambda v: v.abs() / (d * LN2)  # noqa: E731
         row = dict(key=key, label=label, rates=rates, nfe=float(nfe.mean()),
-                   ode_err=to_bpd(logp - ref_same) if key != "fast_exact" else None)
+                   ode_err=to_bpd(logp - ref_same) if key != "fast_exact" else None,
+                   syncs=count_host_syncs(fn, problem, probes, batch))
         if problem.exact is not None:
             row["exact_err"] = to_bpd(logp - problem.exact)
-        if hasattr(fn, "stderr") and fn.stderr and bool(torch.cat(fn.stderr).isfinite().all()):
-            row["stderr"] = float(torch.cat(fn.stderr).mean()) / (d * LN2)
+        errs = [v.cpu() for v in getattr(fn, "stderr", []) if v is not None]
+        if errs and len(errs) == len(getattr(fn, "stderr")) and bool(torch.cat(errs).isfinite().all()):
+            row["stderr"] = float(torch.cat(errs).mean()) / (d * LN2)
         results.append(row)
     if problem.exact is not None:  # how far the tight solve itself is from the exact NLL (trace noise)
         results.append(dict(key="tight", label="tight reference, 1 probe (float64, 1e-8)", rates=None, nfe=math.nan,
@@ -272,6 +308,9 @@ def table(problem: Problem, results: list[dict], batch: int) -> str:
     if has_exact:
         head.append("error vs exact NLL: mean / max (bits/dim)")
     head.append("Hutchinson SE per example (bits/dim)")
+    with_syncs = DEVICE.type == "cuda"
+    if with_syncs:
+        head.append("host syncs per batch solve")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda e: "–" if e is None else f"{float(e.mean()):.1e} / {float(e.max()):.1e}"  # noqa: E731
     for r in results:
@@ -284,6 +323,8 @@ def table(problem: Problem, results: list[dict], batch: int) -> str:
         if has_exact:
             cells.append(fmt(r.get("exact_err")))
         cells.append(f"{r['stderr']:.1e}" if "stderr" in r else "–")
+        if with_syncs:
+            cells.append("–" if r.get("syncs") is None else str(r["syncs"]))
         lines.append("| " + " | ".join(cells) + " |")
     return f"{problem.label}, {problem.x.shape[0]} examples, batch {batch}:\n\n" + "\n".join(lines)
 
@@ -294,14 +335,14 @@ def trace_cost(dim: int, batch: int, reps: int = 5) -> str:
     from st_sweeps.likelihood_trace import divergence_batched
 
     prob = mixture_problem(batch, dim)
-    x, t = prob.x, torch.full((batch,), 0.1)
+    x, t = prob.x, torch.full((batch,), 0.1, device=DEVICE)
     fn = lambda v: prob.score32(v, t)  # noqa: E731
 
     def loop():
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             flat = fn(xg)
-            div = torch.zeros(batch)
+            div = torch.zeros(batch, device=DEVICE)
             for i in range(dim):
                 (g,) = torch.autograd.grad(flat[:, i].sum(), xg, retain_graph=i < dim - 1)
                 div = div + g[:, i]
@@ -313,8 +354,10 @@ def trace_cost(dim: int, batch: int, reps: int = 5) -> str:
                     ("hutchinson", lambda: divergence_batched(fn, x, probe)[1])]:
         best = math.inf
         for _ in range(reps):
+            synchronize()
             tic = time.perf_counter()
             f()
+            synchronize()
             best = min(best, time.perf_counter() - tic)
         timings[name] = best * 1e3
     agree = float((loop() - divergence_batched(fn, x, None)[1][0]).abs().max())
@@ -333,7 +376,8 @@ def machine_info() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}, numpy {np.__version__}, "
+    gpu = f"; {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
+    return (f"{cpu}{gpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}, numpy {np.__version__}, "
             f"scipy {scipy.__version__}, Python {platform.python_version()}")
 
 
@@ -346,22 +390,22 @@ def run() -> str:
     for name in ARGS.problems:
         problem, exact_trace, batch = problems[name]()
         g = torch.Generator().manual_seed(2)
-        probes = sample_probes(problem.x.shape, "hutchinson_rademacher", N_PROBES, g, problem.x)
+        probes = sample_probes(problem.x.shape, "hutchinson_rademacher", N_PROBES, g, problem.x.cpu()).to(DEVICE)
         rows = evaluators(problem.sde, exact_trace)
         sections.append(table(problem, measure(problem, rows, probes, batch), batch))
     load1 = os.getloadavg()[0]
     sections.append(trace_cost(ARGS.dim, ARGS.mixture_batch))
     sections.append(f"Timing: images/s as mean ± standard deviation of {ARGS.repeats} repeats of each evaluator "
                     f"over all batches, speed-up the ratio of means to SciPy's, {ARGS.threads} torch "
-                    f"thread(s), CPU; 1-minute load average {load0:.1f} at start, {load1:.1f} after the tables "
-                    f"(other jobs share the 2 cores). Setup: {ARGS.sde} SDE, ε = 1e-5, rtol = atol = "
+                    f"thread(s), {DEVICE.type}; 1-minute load average {load0:.1f} at start, {load1:.1f} after the "
+                    f"tables (other jobs may share the cores). Setup: {ARGS.sde} SDE, ε = 1e-5, rtol = atol = "
                     f"{ARGS.tol:g} for every evaluator but the two ladder rows; Rademacher probes shared by all "
                     "evaluators. NFE per example: network evaluations an example took part in (SciPy and scipy_exact: the batch's).")
     return "\n\n".join(sections)
 
 
 def main(argv: list[str] | None = None) -> None:
-    global ARGS
+    global ARGS, DEVICE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a smaller run (~10 min on 2 shared cores): U-Net width 8, 4 images; 32 mixture points; 2 repeats")
@@ -379,7 +423,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: small tensors, shared machines)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of each evaluator")
     p.add_argument("--append", type=Path, default=None, help="append the report (with machine info) to this file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (a GPU: where the round trip and batching matter)")
     ARGS = p.parse_args(argv)
+    DEVICE = torch.device(ARGS.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this machine has no CUDA device")
     if ARGS.quick:
         ARGS.images, ARGS.batch, ARGS.width, ARGS.mixture_examples, ARGS.repeats = 4, 4, 8, 32, 2
     ARGS.repeats = max(1, ARGS.repeats)
@@ -396,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 ARGS = argparse.Namespace()
+DEVICE = torch.device("cpu")
 
 if __name__ == "__main__":
     main()

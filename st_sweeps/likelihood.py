@@ -423,6 +423,15 @@ class NllResult(_Bound):
     def bpd_score_sde(self) -> float:
         return math.nan if self.score_sde is None else _mean(self.score_sde)
 
+    @property
+    def probe_stderr_of_mean(self) -> float:
+        """The Hutchinson part of the error of ``bpd_with_residual``, from each example's spread
+        over its probes: sqrt(Σ se²) / (R·B) over the R×B per-example errors (NaN without them)."""
+        if self.probe_stderr is None:
+            return math.nan
+        se = self.probe_stderr.double()
+        return float(se.square().sum().sqrt() / se.numel())
+
     def as_metrics(self) -> dict[str, float]:
         """Fixed keys; NaN marks a value not computed (score_sde off) or undefined (one example).
         Variational dequantization inserts ``_vardeq`` (``eval/nll_bpd_vardeq``, ...)."""
@@ -432,6 +441,7 @@ class NllResult(_Bound):
             **self._bound_metrics(bpd),
             f"{bpd}_score_sde": self.bpd_score_sde,
             f"{bpd}_score_sde_stderr": math.nan if self.score_sde is None else _stderr_examples(self.score_sde),
+            f"{bpd}_probe_stderr": self.probe_stderr_of_mean,
             f"eval/nfe_nll{tag}": float(self.nfe),
             f"eval/nfe_nll{tag}_per_solve": self.nfe / self.n_solves if self.n_solves else math.nan,
             f"eval/nll{tag}_examples": float(self.n_examples),

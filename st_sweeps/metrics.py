@@ -68,6 +68,18 @@ def _spread_over_repeats(base: Why, field: str) -> Why:
     return why_not
 
 
+def _spread_over_probes(base: Why) -> Why:
+    def why_not(config: "ExperimentConfig") -> str | None:
+        if (why := base(config)) is not None:
+            return why
+        lik = config.eval.likelihood
+        if lik.solver != "fast" or lik.trace == "exact" or lik.probes < 2:
+            return ("a probe standard error needs eval.likelihood.solver = fast, a Hutchinson trace and "
+                    "eval.likelihood.probes >= 2")
+        return None
+    return why_not
+
+
 def _samples(config: "ExperimentConfig") -> str | None:
     return "eval.num_samples = 0 (no samples drawn)" if config.eval.num_samples == 0 else None
 
@@ -140,6 +152,8 @@ def _likelihood_family(tag: str, base: Why, what: str) -> list[Metric]:
     nll = f"eval/nll_bpd{tag}"
     out = [
         *_bound(nll, f"NLL through the probability-flow ODE from x_ε ({what})", base, "repeats"),
+        Metric(f"{nll}_probe_stderr", "bpd", None, f"Hutchinson standard error of {nll}, from each example's "
+               "spread over its probes", _spread_over_probes(base)),
         Metric(f"eval/nfe_nll{tag}", "NFE", "min", f"network evaluations of the NLL solves ({what})", base),
         Metric(f"eval/nfe_nll{tag}_per_solve", "NFE", "min", "network evaluations per ODE solve", base),
         Metric(f"eval/nll{tag}_examples", "count", None, "test examples the NLL averages", base),

@@ -345,9 +345,15 @@ def test_results_merge_and_metric_keys() -> None:
     m = NllResult.concat([a, b]).as_metrics()
     assert set(m) == {"eval/nll_bpd", "eval/nll_bpd_no_residual", "eval/nll_bpd_score_sde", "eval/nll_bpd_stderr",
                       "eval/nll_bpd_mc_stderr", "eval/nll_bpd_no_residual_stderr", "eval/nll_bpd_score_sde_stderr",
-                      "eval/nfe_nll", "eval/nfe_nll_per_solve", "eval/nll_examples"}
+                      "eval/nll_bpd_probe_stderr", "eval/nfe_nll", "eval/nfe_nll_per_solve", "eval/nll_examples"}
     assert m["eval/nll_bpd"] == pytest.approx(9 / 5) and m["eval/nfe_nll"] == 30 and m["eval/nll_examples"] == 5
     assert math.isnan(m["eval/nll_bpd_score_sde"]) and m["eval/nll_bpd_mc_stderr"] == 0.0
+    assert math.isnan(m["eval/nll_bpd_probe_stderr"])  # no per-example probe spread (one probe, scipy_exact)
+    # with one: the error of a mean of R·B independent estimates, sqrt(Σ se²) / (R·B)
+    se = torch.tensor([[0.3, 0.4, 1.2], [0.0, 0.5, 0.1]])
+    probed = NllResult(torch.ones(2, 3), torch.zeros(2, 3), None, nfe=10, n_solves=2, probe_stderr=se)
+    assert probed.as_metrics()["eval/nll_bpd_probe_stderr"] == pytest.approx(
+        math.sqrt(0.09 + 0.16 + 1.44 + 0.0 + 0.25 + 0.01) / 6)
     n = NelboResult.concat([NelboResult(torch.ones(1, 2), torch.zeros(1, 2))]).as_metrics()
     assert {"eval/nelbo_bpd", "eval/nelbo_bpd_no_residual", "eval/nelbo_bpd_stderr"} <= set(n)
     assert math.isnan(n["eval/nelbo_bpd_mc_stderr"])  # one repeat: no Monte-Carlo spread to report

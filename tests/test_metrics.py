@@ -38,6 +38,10 @@ CASES = {
                "eval": {**FAST_EVAL, "num_samples": 0,
                         "likelihood": {**FAST_NLL, "examples": 2, "dequantization": {
                             "name": "variational", "steps": 2, "batch_size": 4, "hidden": 4}}}},
+    # the per-example solver with two probes: the Hutchinson spread of the NLL besides the others
+    "fast_two_probes": {"data": {"dataset": {"name": "digits"}}, "model": {"network": UNET},
+                        "eval": {**FAST_EVAL, "num_samples": 0,
+                                 "likelihood": {**FAST_NLL, "examples": 2, "solver": "fast", "probes": 2}}},
     # continuous 2-D mixture: exact-density sample quality, no likelihood
     "gmm_exact": {"data": {"dataset": {"name": "gmm2d", "n_train": 256, "n_test": 32}},
                   "model": {"network": {"name": "mlp", "hidden": 16, "layers": 1}},
