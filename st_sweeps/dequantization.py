@@ -87,7 +87,7 @@ class Dequantizer(nn.Module):
     ``max_log_scale``) by a scaled tanh so training cannot blow the scale up.
     """
 
-    def __init__(self, event_shape: tuple[int, ...], *, hidden: int = 32,
+    def __init__(self, event_shape: tuple[int, ...], *, hidden: int,
                  fourier_periods: tuple[float, ...] = (8, 16, 32, 64, 128), max_log_scale: float = 5.0,
                  generator: torch.Generator | None = None):
         super().__init__()
