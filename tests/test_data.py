@@ -27,7 +27,7 @@ from st_sweeps.errors import ConfigError
 
 # --- writers for the official formats --------------------------------------------------------
 
-def write_cifar_batch(path: Path, n: int, seed: int) -> np.ndarray:
+def write_cifar_batch(path: Path, n: int, seed: int, protocol: int = 2) -> np.ndarray:
     """A pickled batch like the official ones (bytes keys, uint8 data [n, 3072]); returns the data."""
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
@@ -35,7 +35,7 @@ def write_cifar_batch(path: Path, n: int, seed: int) -> np.ndarray:
              b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
+        pickle.dump(batch, f, protocol=protocol)
     return data
 
 
@@ -171,6 +171,25 @@ def test_cifar10_reads_official_pickles_exactly(tmp_path):
     assert torch.equal(data.images[0, 2, 1], torch.from_numpy(train[0][0, 2048 + 32:2048 + 64]))
     test_data = CIFAR10().load(tmp_path, "test")
     assert torch.equal(test_data.images, torch.from_numpy(test).reshape(20, 3, 32, 32))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("a pickle ran code",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_batches_unpickle_with_numpy_globals_only(tmp_path, capsys, protocol):
+    """Batches pickled by numpy 2 at any protocol read back; a file that names any other global
+    (here ``print``, as a tampered download could name anything) is refused before it runs."""
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data = write_cifar_batch(path, 3, seed=7, protocol=protocol)
+    assert torch.equal(CIFAR10().load(tmp_path, "test").images, torch.from_numpy(data).reshape(3, 3, 32, 32))
+    with open(path, "wb") as f:
+        pickle.dump({b"data": _Payload()}, f, protocol=protocol)
+    with pytest.raises(MissingDataError, match=r"names (builtins|__builtin__)\.print") as info:
+        CIFAR10().load(tmp_path, "test")
+    assert str(path) in str(info.value) and "a pickle ran code" not in capsys.readouterr().out
 
 
 def test_cifar10_missing_file_names_path_and_prepare_command(tmp_path):
@@ -798,3 +817,32 @@ def test_prepare_unknown_source_is_a_usage_error(tmp_path, capsys, argv, text):
     with pytest.raises(SystemExit) as info:
         prepare.main([*argv, "--data-root", str(tmp_path)])
     assert info.value.code == 2 and text in capsys.readouterr().err
+
+
+# --- the decoded-image cache -----------------------------------------------------------------------
+def test_image_cache_is_reused_and_rebuilt_when_it_is_stale_or_unreadable(tmp_path: Path) -> None:
+    """``cached_uint8``: a good cache is read without decoding; one with the wrong count, or cut
+    short (a full disk), or overwritten with other bytes, is rebuilt with a warning naming it."""
+    from st_sweeps.data.base import cached_uint8
+
+    images = torch.arange(3 * 1 * 2 * 2, dtype=torch.uint8).reshape(3, 1, 2, 2)
+    builds: list[int] = []
+
+    def build() -> torch.Tensor:
+        builds.append(1)
+        return images.clone()
+
+    cache = tmp_path / "decoded.npy"
+    assert torch.equal(cached_uint8(cache, 3, build), images) and len(builds) == 1
+    assert torch.equal(cached_uint8(cache, 3, build), images) and len(builds) == 1  # read, not decoded
+    good = cache.read_bytes()
+    for damage, expected in [(good[: len(good) // 2], "unreadable"), (b"not an array at all", "unreadable"),
+                             (None, "expected 4 uint8 images")]:
+        if damage is not None:
+            cache.write_bytes(damage)
+        with pytest.warns(UserWarning, match=expected) as caught:
+            out = cached_uint8(cache, 4 if damage is None else 3, build)
+        assert str(cache) in str(caught[0].message)
+        assert torch.equal(out, images)
+        cache.write_bytes(good)
+    assert len(builds) == 4

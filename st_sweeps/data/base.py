@@ -155,14 +155,21 @@ def cached_uint8(cache: Path, expected_count: int, build: Callable[[], Tensor]) 
     """Load ``cache`` (an .npy of uint8 images) if it holds ``expected_count`` images, else build
     the array and write it atomically (``st_sweeps.files.write_atomic``).
 
-    A cache whose count disagrees with the source (files added or removed) is rebuilt. Where the
-    folder is not writable the data are still returned, with a warning that nothing was cached.
+    A cache whose count disagrees with the source (files added or removed), or that cannot be read
+    (cut short by a full disk, overwritten), is rebuilt: it is derived data, so nothing is lost.
+    Where the folder is not writable the data are still returned, with a warning that nothing was
+    cached.
     """
     if cache.exists():
-        arr = np.load(cache, mmap_mode="r")
-        if arr.ndim == 4 and arr.shape[0] == expected_count and arr.dtype == np.uint8:
-            return torch.from_numpy(np.array(arr))
-        warnings.warn(f"{cache}: holds {arr.shape[0]} images, expected {expected_count}; rebuilding", stacklevel=3)
+        try:
+            arr = np.load(cache, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            warnings.warn(f"{cache}: unreadable as a uint8 image array ({e}); rebuilding", stacklevel=3)
+        else:
+            if arr.ndim == 4 and arr.shape[0] == expected_count and arr.dtype == np.uint8:
+                return torch.from_numpy(np.array(arr))
+            warnings.warn(f"{cache}: holds {arr.dtype} {list(arr.shape)}, expected {expected_count} uint8 images; "
+                          "rebuilding", stacklevel=3)
     images = build()
     try:  # the suffix keeps numpy from appending ".npy" to the temporary name
         write_atomic(cache, lambda tmp: np.save(tmp, images.numpy()), suffix=".npy")

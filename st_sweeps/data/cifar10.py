@@ -32,10 +32,28 @@ _UNPICKLING_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, K
                       AttributeError, ImportError, OverflowError)
 
 
+# What a CIFAR-10 batch may name: numpy's array reconstruction (the official Python 2 pickles say
+# numpy.core, numpy 2 writes numpy._core) and the codec that protocol 2 uses for bytes. A plain
+# pickle.load would run whatever a damaged or tampered download names.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"names {module}.{name}, which a CIFAR-10 batch never does")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> dict[Any, Any]:
-    """One pickled CIFAR-10 batch (keys are bytes: ``b"data"``, ``b"labels"``, ...)."""
+    """One pickled CIFAR-10 batch (keys are bytes: ``b"data"``, ``b"labels"``, ...), unpickled
+    with only numpy's array globals allowed."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        return _BatchUnpickler(f, encoding="bytes").load()
 
 
 def batch_images(batch: dict[Any, Any]) -> Tensor:
