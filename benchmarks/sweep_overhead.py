@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> Section:
             inside = sum(t.seconds for t in result.trials)
             rows.append([f"st_sweeps.tune CLI, {concurrent} trial(s) at a time: whole process", n, fmt(result.wall),
                          fmt(result.wall / n), f"{result.wall / direct_sum:.2f}×"])
-            rows.append([f"… of which inside the trial functions (Tune's time_total_s, summed)", n, fmt(inside),
+            rows.append(["… of which inside the trial functions (Tune's time_total_s, summed)", n, fmt(inside),
                          fmt(inside / n), f"{inside / direct_sum:.2f}×"])
             if concurrent == 1:
                 fixed, per_trial = result.wall - inside, (inside - direct_sum) / n
