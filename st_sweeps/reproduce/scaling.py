@@ -45,11 +45,10 @@ def smoke_config(row: Row, smoke: SmokeScale, dataset: str, seed: int, fid_avail
     if "rtol" in sampler:  # the ODE sampler: the smoke tolerance, as for the NLL
         sampler.update(rtol=s.nll_tolerance, atol=s.nll_tolerance)
     inception = {k: v for k, v in to_dict(paper.sample_quality).items() if k != "name"}
-    likelihood = to_dict(paper.likelihood)
+    likelihood = to_dict(paper.likelihood)  # the row's resolved settings; its dequantization with its name
     likelihood.update(examples=min(s.nll_examples, paper.likelihood.examples), rtol=s.nll_tolerance,
                       atol=s.nll_tolerance, nelbo_repeats=s.nelbo_repeats)
     fit = paper.likelihood.dequantization
-    likelihood["dequantization"] = to_spec(fit)
     if isinstance(fit, VariationalDequantization):
         likelihood["dequantization"].update(steps=min(s.dequantizer_steps, fit.steps),
                                             batch_size=min(s.dequantizer_batch_size, fit.batch_size))
