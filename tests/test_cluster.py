@@ -73,15 +73,20 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
     # Every process of this cluster (and every CLI run against it) is told its address: where
     # Ray code looks for "the" cluster on its own (Train's placement-group cleaner, the State
     # API), it would otherwise pick the newest of all the Ray sessions on this machine.
     port = free_port()
     env = {**ENV, "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the function-scoped monkeypatch cannot serve
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield from _start_cluster(env, port)
+
+
+def _start_cluster(env: dict[str, str], port: int) -> Any:
+    from ray.cluster_utils import Cluster
+
     t0 = time.monotonic()
     # A lost node is marked dead after 3 missed health checks 0.5 s apart (Ray's default: 5 x 3 s),
     # so that what the cluster reports soon matches what happened.
@@ -97,11 +102,6 @@ def cluster():
     yield c
     ray.shutdown()
     c.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def worker_nodes(c: Any) -> dict[str, Any]:

@@ -56,18 +56,13 @@ def tiny_config(steps: int, eval_every: int = 0) -> ExperimentConfig:
 def ray_cluster():
     # Worker start-up is slow on 2 busy cores; Train's default limit is 60 s. The preemption
     # watcher (one more actor process per run) has nothing to watch on one machine.
-    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    # address="local": a fresh instance even if `ray start` left a cluster on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: the function-scoped monkeypatch cannot serve
+        mp.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+        mp.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # address="local": a fresh instance even if `ray start` left a cluster on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        yield
+        ray.shutdown()
 
 
 def run(config: ExperimentConfig, storage: Path, name: str, **kwargs: Any) -> Any:
