@@ -66,7 +66,7 @@ class LikelihoodSettings:
     atol: float = _DEFAULTS.atol
     # scipy_exact: step for step SciPy's RK45 (the published evaluator's solver, one step size per
     # batch); fast: per-example step sizes in time_variable, batched VJPs: more accurate at equal
-    # tolerances, faster only on the RVE so far (benchmarks/RESULTS.md)
+    # tolerances, not faster at equal error on a CPU (benchmarks/RESULTS.md)
     solver: SolverKind = _DEFAULTS.solver
     time_variable: TimeVariable = _DEFAULTS.time_variable
     dequantization: Dequantization = field(default_factory=UniformDequantization)
@@ -78,17 +78,17 @@ class LikelihoodSettings:
 
     def ode_config(self, eps: float) -> LikelihoodConfig:
         """The NLL's solve from ``eps`` (the model's ``truncation.eps``)."""
-        return self._config(eps, self.repeats, self.solver)
+        return self._config(eps, self.repeats)
 
     def nelbo_config(self, eps: float) -> LikelihoodConfig:
-        """The NELBO's: the same trace estimator and tolerances, ``nelbo_repeats`` passes."""
-        return self._config(eps, self.nelbo_repeats, _DEFAULTS.solver)
+        """The NELBO's: the same trace estimator, ``nelbo_repeats`` passes (it solves no ODE)."""
+        return self._config(eps, self.nelbo_repeats)
 
-    def _config(self, eps: float, repeats: int, solver: str) -> LikelihoodConfig:
+    def _config(self, eps: float, repeats: int) -> LikelihoodConfig:
         renamed = {"n_repeats": "repeats", "n_probes": "probes"}
         try:
             return LikelihoodConfig(eps=eps, rtol=self.rtol, atol=self.atol, trace=self.trace,
-                                    n_probes=self.probes, n_repeats=repeats, solver=solver,  # type: ignore[arg-type]
+                                    n_probes=self.probes, n_repeats=repeats, solver=self.solver,
                                     time_variable=self.time_variable)
         except ConfigError as e:  # it names LikelihoodConfig's field: give this config's name
             raise ConfigError(renamed.get(e.field, e.field), e.problem, e.allowed) from None
